@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""DeepLens developer entry point. Needs only Python >= 3.11 and pip; it sets up everything else.
+
+    python3 dev.py demo     # bring up the embedded stack, ingest sample photos, search, print results
+    python3 dev.py test     # lint, type-check, generated-code check, then the test suite on a real stack
+
+Other commands: up, down, status (the embedded stack), gen (regenerate gRPC code), model (export ONNX),
+lock (rewrite requirements/lock.txt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("DEEPLENS_VENV", ROOT / ".venv"))
+BUILD_VENV = ROOT / ".cache" / "model-build-venv"
+LOCK = ROOT / "requirements" / "lock.txt"
+MODEL_BUILD_REQS = ROOT / "requirements" / "model-build.txt"
+MODELS = ROOT / "triton_models"
+
+
+def _bin(env: Path, name: str) -> str:
+    return str(env / "bin" / name)
+
+
+def _run(*cmd: str, env: dict[str, str] | None = None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+
+
+def _make_venv(path: Path) -> None:
+    if not (path / "bin" / "python").exists():
+        print(f"creating virtual environment {path}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(path)
+
+
+def ensure_venv() -> None:
+    """Creates .venv and installs the locked dependencies plus this project, when they changed."""
+    if sys.version_info < (3, 11):
+        raise SystemExit("DeepLens needs Python >= 3.11")
+    stamp_text = hashlib.sha256(LOCK.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / ".deeplens-installed"
+    if stamp.exists() and stamp.read_text() == stamp_text:
+        return
+    _make_venv(VENV)
+    pip = [_bin(VENV, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    _run(*pip, "-r", str(LOCK))
+    _run(*pip, "--no-deps", "-e", ".")
+    stamp.write_text(stamp_text)
+
+
+def ensure_models() -> None:
+    """Exports the ONNX files Triton serves, once, with CPU torch in a separate build environment."""
+    missing = [cfg.parent for cfg in MODELS.glob("*/config.pbtxt") if not (cfg.parent / "1" / "model.onnx").exists()]
+    if not missing:
+        return
+    _make_venv(BUILD_VENV)
+    pip = [_bin(BUILD_VENV, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if subprocess.run([_bin(BUILD_VENV, "python"), "-c", "import torch, onnx, efficientnet_lite_pytorch"],
+                      capture_output=True).returncode != 0:
+        _run(*pip, "torch==2.13.0")
+        _run(*pip, "-r", str(MODEL_BUILD_REQS))
+    _run(_bin(BUILD_VENV, "python"), str(MODELS / "export_models.py"))
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "help"
+    rest = argv[1:]
+    if command in {"help", "-h", "--help"}:
+        print(__doc__)
+        return 0
+    if command == "lock":
+        _make_venv(VENV)
+        frozen = subprocess.run([_bin(VENV, "python"), "-m", "pip", "freeze", "--exclude-editable"],
+                                check=True, capture_output=True, text=True).stdout
+        header = "".join(line + "\n" for line in LOCK.read_text().splitlines() if line.startswith("#"))
+        LOCK.write_text(header + frozen)
+        return 0
+    ensure_venv()
+    py = _bin(VENV, "python")
+    if command == "gen":
+        _run(py, "proto/generate.py", *rest)
+        return 0
+    ensure_models()
+    if command == "model":
+        return 0
+    if command == "test":
+        _run(py, "-m", "ruff", "check", ".")
+        _run(py, "-m", "ruff", "format", "--check", ".")
+        _run(py, "-m", "mypy")
+        _run(py, "proto/generate.py", "--check")
+        return subprocess.run([py, "-m", "pytest", *rest], cwd=ROOT).returncode
+    if command in {"demo", "up", "down", "status"}:
+        return subprocess.run([_bin(VENV, "deeplens-stack"), command, *rest], cwd=ROOT).returncode
+    print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except subprocess.CalledProcessError as err:
+        print(f"dev.py: command failed with exit code {err.returncode}: {' '.join(map(str, err.cmd))}",
+              file=sys.stderr)
+        sys.exit(err.returncode or 1)
