@@ -1,0 +1,146 @@
+"""A small synchronous client over the generated stubs, with helpers for operations and error details."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from deeplens.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    resources_pb2,
+    search_service_pb2,
+    search_service_pb2_grpc,
+)
+
+TENANT_METADATA_KEY = "x-deeplens-tenant"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+MAX_MESSAGE_BYTES = 40 * 1024 * 1024
+
+
+def rpc_status(err: grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a server attached to an error, if any."""
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == STATUS_DETAILS_KEY:
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def error_info(err: grpc.RpcError | status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The ``ErrorInfo`` (reason, domain, metadata) of an RPC error or of an operation's error."""
+    status = err if isinstance(err, status_pb2.Status) else rpc_status(err)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def ingest_metadata(operation: operations_pb2.Operation) -> resources_pb2.IngestMetadata:
+    metadata = resources_pb2.IngestMetadata()
+    operation.metadata.Unpack(metadata)
+    return metadata
+
+
+def ingest_response(operation: operations_pb2.Operation) -> ingest_service_pb2.IngestImageResponse:
+    response = ingest_service_pb2.IngestImageResponse()
+    operation.response.Unpack(response)
+    return response
+
+
+class DeepLensClient:
+    """Calls DeepLens as one tenant. ``timeout`` is the default deadline per call, in seconds."""
+
+    def __init__(self, target: str, *, tenant: str, timeout: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._metadata = ((TENANT_METADATA_KEY, tenant),)
+        self._timeout = timeout
+        self.search = search_service_pb2_grpc.SearchServiceStub(self._channel)
+        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
+        self.admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self.operations = operations_pb2_grpc.OperationsStub(self._channel)
+
+    def __enter__(self) -> DeepLensClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def create_tenant(self, tenant_id: str, display_name: str = "") -> resources_pb2.Tenant:
+        request = admin_service_pb2.CreateTenantRequest(
+            tenant_id=tenant_id, tenant=resources_pb2.Tenant(display_name=display_name)
+        )
+        reply = self.admin.CreateTenant(request, metadata=self._metadata, timeout=self._timeout)
+        return reply.tenant
+
+    def get_tenant(self, name: str) -> resources_pb2.Tenant:
+        request = admin_service_pb2.GetTenantRequest(name=name)
+        return self.admin.GetTenant(request, metadata=self._metadata, timeout=self._timeout).tenant
+
+    def ingest_image(
+        self,
+        parent: str,
+        content: bytes,
+        *,
+        image_id: str = "",
+        tags: Iterable[str] = (),
+        request_id: str = "",
+    ) -> operations_pb2.Operation:
+        request = ingest_service_pb2.IngestImageRequest(
+            parent=parent, content=content, image_id=image_id, tags=list(tags), request_id=request_id
+        )
+        return self.ingest.IngestImage(request, metadata=self._metadata, timeout=self._timeout)
+
+    def get_operation(self, name: str) -> operations_pb2.Operation:
+        request = operations_pb2.GetOperationRequest(name=name)
+        return self.operations.GetOperation(request, metadata=self._metadata, timeout=self._timeout)
+
+    def watch_operation(self, name: str, *, timeout: float | None = None) -> Iterator[operations_pb2.Operation]:
+        """Yields the operation's state now and after each change; ends when it is done."""
+        request = ingest_service_pb2.WatchOperationRequest(name=name)
+        for reply in self.ingest.WatchOperation(request, metadata=self._metadata, timeout=timeout):
+            yield reply.operation
+
+    def wait_operation(self, name: str, *, timeout: float | None = None) -> operations_pb2.Operation:
+        last = None
+        for last in self.watch_operation(name, timeout=timeout):
+            pass
+        if last is None:
+            raise RuntimeError(f"no update for {name}")
+        return last
+
+    def search_images(
+        self,
+        parent: str,
+        *,
+        image_content: bytes | None = None,
+        image_name: str | None = None,
+        top_k: int = 10,
+        min_score: float = 0.0,
+    ) -> search_service_pb2.SearchImagesResponse:
+        request = search_service_pb2.SearchImagesRequest(parent=parent, top_k=top_k, min_score=min_score)
+        if image_content is not None:
+            request.image_content = image_content
+        if image_name is not None:
+            request.image_name = image_name
+        return self.search.SearchImages(request, metadata=self._metadata, timeout=self._timeout)

@@ -1,0 +1,91 @@
+"""The demo: bring the stack up, ingest sample photos while streaming progress, search with an edited copy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from deeplens.client import DeepLensClient, error_info, ingest_metadata
+from deeplens.v1 import resources_pb2
+
+from deeplens_stack.photos import edited_copy, sample_photos
+from deeplens_stack.stack import Stack
+
+TENANT = "demo"
+PARENT = f"tenants/{TENANT}/collections/photos"
+QUERY_PHOTO = "chelsea"
+
+
+def _state(value: int) -> str:
+    return resources_pb2.OperationState.Name(value).removeprefix("OPERATION_STATE_")  # type: ignore[arg-type]
+
+
+def run_demo(stack: Stack) -> int:
+    print("== Starting the embedded stack (data in", stack.data_dir, ")")
+    t0 = time.monotonic()
+    timings = stack.up()
+    print("   ready in %.1f s: " % (time.monotonic() - t0) + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+
+    with DeepLensClient(stack.config.grpc_target, tenant=TENANT) as client:
+        try:
+            client.create_tenant(TENANT, "DeepLens demo")
+            print(f"== Created tenant {TENANT!r}")
+        except grpc.RpcError as err:
+            info = error_info(err)
+            if info is None or info.reason != "TENANT_EXISTS":
+                raise
+            print(f"== Tenant {TENANT!r} exists already")
+
+        photos = sample_photos()
+        print(f"== Ingesting {len(photos)} photos from scikit-image into {PARENT}; the progress stream:")
+        start = time.monotonic()
+        ops = {
+            name: client.ingest_image(PARENT, data, image_id=name, tags=["demo", "scikit-image"])
+            for name, data in photos.items()
+        }
+        lock = threading.Lock()
+        outcome: dict[str, str] = {}
+
+        def follow(name: str, op_name: str) -> None:
+            for op in client.watch_operation(op_name, timeout=300):
+                meta = ingest_metadata(op)
+                with lock:
+                    print(f"   {time.monotonic() - start:6.2f}s  {name:<20} {_state(meta.state):<10} {meta.stage}")
+                if op.done:
+                    outcome[name] = "ok" if not op.HasField("error") else op.error.message
+
+        with ThreadPoolExecutor(max_workers=len(ops)) as pool:
+            for future in [pool.submit(follow, n, op.name) for n, op in ops.items()]:
+                future.result()
+        elapsed = time.monotonic() - start
+        ok = sum(1 for v in outcome.values() if v == "ok")
+        print(f"== Ingested {ok}/{len(ops)} in {elapsed:.2f} s ({len(ops) / elapsed:.1f} images/s)")
+        for name, why in outcome.items():
+            if why != "ok":
+                print(f"   {name}: {why}")
+
+        query = edited_copy(photos[QUERY_PHOTO])
+        print(f"== Searching with an edited copy of {QUERY_PHOTO!r} (8% crop per side, 60% size, JPEG q70):")
+        t1 = time.monotonic()
+        reply = client.search_images(PARENT, image_content=query, top_k=5)
+        latency = (time.monotonic() - t1) * 1000
+        print(f"   {'rank':>4}  {'score':>6}  {'image':<58} size")
+        for rank, result in enumerate(reply.results, 1):
+            img = result.image
+            print(f"   {rank:>4}  {result.score:6.3f}  {img.name:<58} {img.width}x{img.height} {img.format}")
+        top = reply.results[0].image.name if reply.results else ""
+        found = top.endswith(f"/images/{QUERY_PHOTO}")
+        print(f"   model {reply.model}, {latency:.0f} ms; top-1 is the original: {'yes' if found else 'NO'}")
+
+        probe = f"{PARENT}/images/motorcycle-left"
+        print(f"== Searching by indexed image name {probe}:")
+        reply = client.search_images(PARENT, image_name=probe, top_k=3)
+        for rank, result in enumerate(reply.results, 1):
+            print(f"   {rank:>4}  {result.score:6.3f}  {result.image.name}")
+
+    print(f"== The stack is still running at {stack.config.grpc_target}. Try:")
+    print(f"   .venv/bin/grpcurl -plaintext {stack.config.grpc_target} list")
+    print("   Stop everything with: python3 dev.py down")
+    return 0 if found and ok == len(ops) else 1

@@ -1,0 +1,1 @@
+"""DeepLens backend: the gRPC API and the domain modules its workers share (imaging, stores, queue, events)."""

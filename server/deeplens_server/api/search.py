@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from deeplens.v1 import search_service_pb2, search_service_pb2_grpc
+
+from deeplens_server.api.convert import image_to_proto
+from deeplens_server.backend import Backend
+from deeplens_server.errors import InvalidArgument
+from deeplens_server.names import parse_image, parse_scope
+from deeplens_server.search import SearchQuery, check_query, search_similar
+from deeplens_server.tenancy import require_tenant
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def SearchImages(
+        self, request: search_service_pb2.SearchImagesRequest, context: Context
+    ) -> search_service_pb2.SearchImagesResponse:
+        scope = parse_scope(request.parent)
+        require_tenant(scope.tenant)
+        top_k, min_score = check_query(request.top_k, request.min_score)
+        which = request.WhichOneof("query")
+        if which == "image_content":
+            query = SearchQuery(scope, top_k, min_score, content=request.image_content)
+        elif which == "image_name":
+            image = parse_image(request.image_name, field="image_name")
+            require_tenant(image.tenant)
+            query = SearchQuery(scope, top_k, min_score, image=image)
+        else:
+            raise InvalidArgument("give image_content or image_name", field="query", reason="MISSING_QUERY")
+        hits = await search_similar(self._backend, query, timeout=context.time_remaining())
+        return search_service_pb2.SearchImagesResponse(
+            results=[search_service_pb2.SearchResult(score=h.score, image=image_to_proto(h.image)) for h in hits],
+            model=self._backend.embedder.model_id,
+        )

@@ -1,0 +1,64 @@
+"""The collaborators the API and the workers share, opened once and passed in (no globals)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from deeplens_server.blobs import BlobStore
+from deeplens_server.config import Settings
+from deeplens_server.embedder import Embedder
+from deeplens_server.events import EventLog
+from deeplens_server.imaging import ImageLimits
+from deeplens_server.queue import JobQueue
+from deeplens_server.repository import Repository
+from deeplens_server.vectors import VectorIndex
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    settings: Settings
+    repo: Repository
+    vectors: VectorIndex
+    embedder: Embedder
+    events: EventLog
+    queue: JobQueue
+    blobs: BlobStore
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+
+    @classmethod
+    async def open(cls, settings: Settings, *, model_ready_timeout: float = 120.0) -> Backend:
+        repo = await Repository.connect(settings.postgres_dsn, max_size=settings.postgres_pool_max)
+        vectors = VectorIndex(
+            settings.milvus_uri,
+            token=settings.milvus_token,
+            model=settings.embedding_model,
+            version=settings.embedding_model_version,
+            dim=settings.embedding_dim,
+        )
+        await vectors.open()
+        embedder = Embedder(
+            settings.triton_url, model=settings.embedding_model, version=settings.embedding_model_version
+        )
+        await embedder.wait_ready(model_ready_timeout)
+        queue = await JobQueue.connect(settings.redis_url, settings.queue_name)
+        events = EventLog(queue.redis, maxlen=settings.event_stream_maxlen)
+        _log.info("backend ready: model %s, vectors in %s", embedder.model_id, vectors.collection)
+        return cls(settings, repo, vectors, embedder, events, queue, BlobStore(settings.blob_root))
+
+    @property
+    def redis(self) -> Redis:
+        return self.queue.redis
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.embedder.close()
+        await self.vectors.close()
+        await self.repo.close()

@@ -1,0 +1,46 @@
+"""Where uploaded originals are kept until (and after) a worker indexes them: content-addressed files.
+
+The root is a local directory — on a cluster, a shared mount. Paths are built here from validated tenant ids
+and hex digests only, so no request field can steer a read or write outside the tenant's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from deeplens_server.errors import NotFound
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self._root = root.resolve()
+
+    def _path(self, tenant_id: str, sha256: str) -> Path:
+        return self._root / "tenants" / tenant_id / "originals" / sha256[:2] / sha256
+
+    def uri(self, tenant_id: str, sha256: str) -> str:
+        return self._path(tenant_id, sha256).as_uri()
+
+    async def put(self, tenant_id: str, sha256: str, data: bytes) -> str:
+        """Stores ``data`` (idempotent: the same content lands at the same path). Returns its URI."""
+        path = self._path(tenant_id, sha256)
+
+        def write() -> None:
+            if path.exists() and path.stat().st_size == len(data):
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+
+        await asyncio.to_thread(write)
+        return path.as_uri()
+
+    async def get(self, tenant_id: str, sha256: str) -> bytes:
+        path = self._path(tenant_id, sha256)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise NotFound("blob", path.as_uri(), reason="ORIGINAL_MISSING") from exc

@@ -1,0 +1,41 @@
+"""Typed settings, read once from the environment (prefix ``DEEPLENS_``) and passed to whoever needs them.
+
+Every dependency is a URL or URI, so the same code runs on the embedded stack and on real clusters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEEPLENS_", frozen=True)
+
+    postgres_dsn: str = "postgresql://deeplens@127.0.0.1:50432/deeplens"
+    postgres_pool_max: int = 10
+    redis_url: str = "redis://127.0.0.1:50379/0"
+    milvus_uri: str = "http://127.0.0.1:50530"
+    milvus_token: str = ""
+    triton_url: str = "127.0.0.1:50801"
+    grpc_listen: str = "127.0.0.1:50051"
+    # Root for uploaded originals: a local directory (or a shared mount in a cluster).
+    blob_root: Path = Path(".deeplens/blobs")
+
+    embedding_model: str = "efficientnet_lite0"
+    embedding_model_version: str = "1"
+    embedding_dim: int = 1280
+
+    queue_name: str = "deeplens:queue"
+    job_max_tries: int = 5
+    event_stream_maxlen: int = 10_000
+
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    max_message_bytes: int = 40 * 1024 * 1024
+    shutdown_grace_seconds: float = 10.0
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.embedding_model}@{self.embedding_model_version}"

@@ -1,0 +1,79 @@
+"""Per-tenant progress events on Redis Streams (``deeplens:events:{tenant}``, capped with MAXLEN ~).
+
+An event only says "operation X changed"; the state itself lives in PostgreSQL. A watcher therefore sends a
+snapshot first, then re-reads the operation whenever its stream says so — nothing is lost if events are
+trimmed or a watcher reconnects, because the snapshot is always authoritative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from deeplens_server.errors import Unavailable
+
+
+def stream_key(tenant_id: str) -> str:
+    return f"deeplens:events:{tenant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OperationEvent:
+    event_id: str
+    operation_id: str
+    state: int
+    stage: str
+
+
+class EventLog:
+    def __init__(self, redis: Redis, *, maxlen: int) -> None:
+        self._redis = redis
+        self._maxlen = maxlen
+
+    async def publish(self, tenant_id: str, operation_id: str, *, state: int, stage: str) -> str:
+        try:
+            event_id = await self._redis.xadd(
+                stream_key(tenant_id),
+                {"operation": operation_id, "state": str(state), "stage": stage},
+                maxlen=self._maxlen,
+                approximate=True,
+            )
+        except RedisError as exc:
+            raise Unavailable("the event stream is unavailable") from exc
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    async def last_id(self, tenant_id: str) -> str:
+        """The id of the newest event (``0-0`` if none): read it before a snapshot, then tail from it."""
+        try:
+            newest = await self._redis.xrevrange(stream_key(tenant_id), count=1)
+        except RedisError as exc:
+            raise Unavailable("the event stream is unavailable") from exc
+        if not newest:
+            return "0-0"
+        event_id = newest[0][0]
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    async def tail(self, tenant_id: str, after: str, *, block_ms: int) -> AsyncIterator[list[OperationEvent]]:
+        """Yields batches of events after ``after``; an empty batch when ``block_ms`` passed with none."""
+        key = stream_key(tenant_id)
+        cursor = after
+        while True:
+            try:
+                reply = await self._redis.xread({key: cursor}, block=block_ms, count=256)
+            except RedisError as exc:
+                raise Unavailable("the event stream is unavailable") from exc
+            batch: list[OperationEvent] = []
+            for _key, entries in reply or []:
+                for raw_id, fields in entries:
+                    cursor = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                    decoded = {
+                        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                        for k, v in fields.items()
+                    }
+                    batch.append(
+                        OperationEvent(cursor, decoded["operation"], int(decoded["state"]), decoded["stage"])
+                    )
+            yield batch

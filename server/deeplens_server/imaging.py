@@ -1,0 +1,152 @@
+"""Image bytes in, everything the index needs out — decoded once, the same way for ingest and search.
+
+``inspect_image`` reads only the header (cheap; the server uses it to reject bad uploads before queueing).
+``decode_image`` applies the limits, decodes once (JPEG through ``Image.draft``, which lets libjpeg scale
+by 1/2..1/8 while decoding), applies the EXIF orientation, flattens alpha onto white, and keeps a small
+RGB working copy from which hashes and the model input are derived. ``model_input`` is the single
+preprocessing function for the embedding model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps
+
+from deeplens_server.errors import ImageRejected
+
+MODEL_INPUT_SIZE = 224
+# Long side of the working copy: enough for 224 px model input and 32 px hashes with headroom.
+WORKING_SIZE = 512
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    header: ImageHeader
+    sha256: str
+    size_bytes: int
+    # RGB working copy, oriented, long side at most WORKING_SIZE (about, for JPEG drafts).
+    working: Image.Image
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _reject(message: str, reason: str, **metadata: str) -> ImageRejected:
+    return ImageRejected(message, field="content", reason=reason, metadata=metadata)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    if not data:
+        raise _reject("the image is empty", "IMAGE_EMPTY")
+    if len(data) > limits.max_bytes:
+        raise _reject(
+            f"the image is {len(data)} bytes; the limit is {limits.max_bytes}",
+            "IMAGE_TOO_LARGE",
+            size_bytes=str(len(data)),
+            max_bytes=str(limits.max_bytes),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise _reject("the bytes are not a readable image", "IMAGE_UNDECODABLE") from exc
+    if img.format not in ALLOWED_FORMATS:
+        raise _reject(
+            f"image format {img.format} is not supported",
+            "IMAGE_FORMAT_UNSUPPORTED",
+            format=str(img.format),
+        )
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise _reject("the image has no pixels", "IMAGE_UNDECODABLE")
+    if width * height > limits.max_pixels:
+        raise _reject(
+            f"the image has {width * height} pixels; the limit is {limits.max_pixels}",
+            "IMAGE_TOO_MANY_PIXELS",
+            pixels=str(width * height),
+            max_pixels=str(limits.max_pixels),
+        )
+    return img
+
+
+def inspect_image(data: bytes, limits: ImageLimits) -> ImageHeader:
+    """Checks size, format and pixel count from the header alone; raises ``ImageRejected``."""
+    img = _open(data, limits)
+    return ImageHeader(format=str(img.format), width=img.size[0], height=img.size[1])
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    orientation = img.getexif().get(0x0112, 1)
+    width, height = img.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+    """Decodes once into an oriented RGB working copy; raises ``ImageRejected`` for anything unusable."""
+    img = _open(data, limits)
+    fmt = str(img.format)
+    try:
+        width, height = _oriented_size(img)
+        if fmt in ("JPEG", "MPO"):
+            img.draft("RGB", (WORKING_SIZE // 2, WORKING_SIZE // 2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        working = img.convert("RGB")
+        if max(working.size) > WORKING_SIZE:
+            working.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    except ImageRejected:
+        raise
+    except Exception as exc:
+        raise _reject("the image data is corrupt or truncated", "IMAGE_UNDECODABLE") from exc
+    return DecodedImage(
+        header=ImageHeader(format=fmt, width=width, height=height),
+        sha256=content_sha256(data),
+        size_bytes=len(data),
+        working=working,
+    )
+
+
+def model_input(image: Image.Image) -> NDArray[np.uint8]:
+    """The embedding model's input: RGB uint8, MODEL_INPUT_SIZE square, HWC. Used for ingest and search."""
+    resized = image.resize((MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+@dataclass(frozen=True, slots=True)
+class PerceptualHashes:
+    phash: str
+    dhash: str
+
+
+def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
+    """64-bit pHash and dHash as 16 hex digits each."""
+    return PerceptualHashes(phash=str(imagehash.phash(image)), dhash=str(imagehash.dhash(image)))

@@ -1,0 +1,49 @@
+"""Hands work to the arq workers. Job ids are derived from the operation, so a job is queued at most once."""
+
+from __future__ import annotations
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import RedisError
+
+from deeplens_server.errors import Unavailable
+
+INGEST_IMAGE_JOB = "ingest_image"
+
+
+def ingest_job_id(tenant_id: str, operation_id: str) -> str:
+    return f"ingest:{tenant_id}:{operation_id}"
+
+
+class JobQueue:
+    def __init__(self, redis: ArqRedis, queue_name: str) -> None:
+        self._redis = redis
+        self._queue_name = queue_name
+
+    @classmethod
+    async def connect(cls, redis_url: str, queue_name: str) -> JobQueue:
+        try:
+            redis = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=queue_name)
+        except (OSError, RedisError) as exc:
+            raise Unavailable("the job queue is unavailable") from exc
+        return cls(redis, queue_name)
+
+    @property
+    def redis(self) -> ArqRedis:
+        return self._redis
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def enqueue_ingest(self, tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> None:
+        try:
+            await self._redis.enqueue_job(
+                INGEST_IMAGE_JOB,
+                tenant_id,
+                operation_id,
+                trace_carrier,
+                _job_id=ingest_job_id(tenant_id, operation_id),
+                _queue_name=self._queue_name,
+            )
+        except RedisError as exc:
+            raise Unavailable("the job queue is unavailable") from exc

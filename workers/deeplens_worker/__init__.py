@@ -1,0 +1,1 @@
+"""DeepLens arq workers: the hands of the long-running operations."""

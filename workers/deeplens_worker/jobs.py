@@ -1,0 +1,76 @@
+"""arq job functions and worker settings. Transient failures retry with exponential backoff and jitter."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from arq import Retry
+from arq.connections import RedisSettings
+from arq.worker import func as arq_func
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+from deeplens_server.backend import Backend
+from deeplens_server.config import Settings
+from deeplens_server.errors import Unavailable
+from deeplens_server.queue import INGEST_IMAGE_JOB
+from deeplens_worker import pipeline
+
+_log = logging.getLogger(__name__)
+HEALTH_CHECK_INTERVAL_SECONDS = 5
+
+
+def backoff_seconds(job_try: int) -> float:
+    """Exponential backoff (1, 2, 4, ... capped at 60 s) with +-50 % jitter."""
+    base = float(min(60, 2 ** max(0, job_try - 1)))
+    return base * random.uniform(0.5, 1.5)
+
+
+async def ingest_image(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
+    backend: Backend = ctx["backend"]
+    settings: Settings = ctx["settings"]
+    token = otel_context.attach(propagate.extract(trace_carrier))
+    try:
+        record = await pipeline.ingest_image(backend, tenant_id, operation_id)
+        return f"state={record.state}"
+    except Unavailable as exc:
+        job_try = int(ctx.get("job_try", 1))
+        if job_try < settings.job_max_tries:
+            delay = backoff_seconds(job_try)
+            _log.warning("ingest %s/%s: %s; retry %d in %.1f s", tenant_id, operation_id, exc.reason, job_try, delay)
+            raise Retry(defer=delay) from exc
+        await pipeline.fail_operation(backend, tenant_id, operation_id, exc)
+        return "failed: dependency unavailable"
+    finally:
+        otel_context.detach(token)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    ctx["backend"] = await Backend.open(ctx["settings"])
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    backend: Backend | None = ctx.get("backend")
+    if backend is not None:
+        await backend.close()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``arq.Worker``."""
+    return {
+        "functions": [arq_func(ingest_image, name=INGEST_IMAGE_JOB)],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "queue_name": settings.queue_name,
+        "max_tries": settings.job_max_tries,
+        "max_jobs": 16,
+        "job_timeout": 300,
+        "keep_result": 3600,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
+        "ctx": {"settings": settings},
+        "handle_signals": True,
+    }
+
