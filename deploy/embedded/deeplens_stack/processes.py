@@ -23,6 +23,8 @@ class ProcessTable:
     def __init__(self, run_dir: Path, log_dir: Path) -> None:
         self.run_dir = run_dir
         self.log_dir = log_dir
+        # Processes started by this object; others are known only by their pid record.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def _record_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.json"
@@ -43,6 +45,7 @@ class ProcessTable:
                 cwd=cwd,
                 start_new_session=True,  # its own process group: stop() signals the whole group
             )
+        self._children[proc.pid] = proc
         record = ProcessRecord(name=name, pid=proc.pid, started=time.time(), argv=argv)
         self._record_path(name).write_text(json.dumps(asdict(record)))
         return record
@@ -58,35 +61,36 @@ class ProcessTable:
 
     def running(self, name: str) -> bool:
         record = self.get(name)
-        return record is not None and _alive(record.pid)
+        return record is not None and self._alive(record.pid)
 
     def stop(self, name: str, *, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> bool:
         """Signals the process group, waits, then SIGKILLs what is left. Returns whether it was running."""
         record = self.get(name)
         if record is None:
             return False
-        was_running = _alive(record.pid)
+        was_running = self._alive(record.pid)
         if was_running:
             _signal_group(record.pid, sig)
             deadline = time.monotonic() + timeout
-            while _alive(record.pid) and time.monotonic() < deadline:
+            while self._alive(record.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(record.pid):
+            if self._alive(record.pid):
                 _signal_group(record.pid, signal.SIGKILL)
-                while _alive(record.pid):
+                while self._alive(record.pid):
                     time.sleep(0.05)
         _signal_group(record.pid, signal.SIGKILL)  # leftovers in the group (e.g. backend stubs)
         self._record_path(name).unlink(missing_ok=True)
+        self._children.pop(record.pid, None)
         return was_running
 
+    def _alive(self, pid: int) -> bool:
+        child = self._children.get(pid)
+        if child is not None:
+            return child.poll() is None
+        return _pid_alive(pid)
 
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
+
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,133 @@
+"""Decoding, limits, hashing and model input, on real photos and hand-made bad files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from deeplens_server.errors import ImageRejected
+from deeplens_server.imaging import (
+    MODEL_INPUT_SIZE,
+    ImageLimits,
+    decode_image,
+    inspect_image,
+    model_input,
+    perceptual_hashes,
+)
+from PIL import Image
+
+LIMITS = ImageLimits(max_bytes=10 * 1024 * 1024, max_pixels=50_000_000)
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def _reason(exc: pytest.ExceptionInfo[ImageRejected]) -> str:
+    return exc.value.reason
+
+
+def test_decodes_every_supported_format(photos: dict[str, bytes]) -> None:
+    with Image.open(io.BytesIO(photos["astronaut"])) as src:
+        rgb = src.convert("RGB")
+    for fmt in ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"):
+        decoded = decode_image(_encode(rgb, fmt), LIMITS)
+        assert decoded.header.format == fmt
+        assert (decoded.header.width, decoded.header.height) == rgb.size
+        assert decoded.working.mode == "RGB"
+
+
+def test_jpeg_is_decoded_at_reduced_size_but_reports_true_size() -> None:
+    big = Image.new("RGB", (4000, 3000), (120, 30, 200))
+    decoded = decode_image(_encode(big, "JPEG"), LIMITS)
+    assert (decoded.header.width, decoded.header.height) == (4000, 3000)
+    assert max(decoded.working.size) <= 512
+
+
+def test_exif_orientation_is_applied_before_hashing() -> None:
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 150, 100))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    decoded = decode_image(_encode(img, "JPEG", exif=exif), LIMITS)
+    assert (decoded.header.width, decoded.header.height) == (100, 300)
+    assert decoded.working.size[0] < decoded.working.size[1]
+    top, bottom = decoded.working.getpixel((50, 10)), decoded.working.getpixel((50, 290))
+    assert isinstance(top, tuple) and isinstance(bottom, tuple)
+    assert top[0] > 200 > bottom[0]  # the white half is now on top
+
+
+def test_transparent_pixels_become_white() -> None:
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    decoded = decode_image(_encode(img, "PNG"), LIMITS)
+    assert decoded.working.getpixel((10, 10)) == (255, 255, 255)
+
+
+def test_model_input_shape_and_type(photos: dict[str, bytes]) -> None:
+    arr = model_input(decode_image(photos["coffee"], LIMITS).working)
+    assert arr.shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
+    assert arr.dtype == np.uint8
+    assert 20 < float(arr.mean()) < 235
+
+
+def test_hashes_are_64_bit_hex_and_stable_under_recompression(photos: dict[str, bytes]) -> None:
+    original = decode_image(photos["rocket"], LIMITS)
+    with Image.open(io.BytesIO(photos["rocket"])) as src:
+        recompressed = decode_image(_encode(src.convert("RGB"), "JPEG", quality=60), LIMITS)
+    a, b = perceptual_hashes(original.working), perceptual_hashes(recompressed.working)
+    assert len(a.phash) == len(a.dhash) == 16
+    int(a.phash, 16)
+    distance = bin(int(a.phash, 16) ^ int(b.phash, 16)).count("1")
+    assert distance <= 6
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "IMAGE_EMPTY"),
+        (b"this is not an image at all", "IMAGE_UNDECODABLE"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "IMAGE_UNDECODABLE"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "IMAGE_UNDECODABLE"),
+    ],
+)
+def test_rejects_non_images(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageRejected) as exc:
+        decode_image(data, LIMITS)
+    assert _reason(exc) == reason
+    assert exc.value.field == "content"
+
+
+def test_rejects_unsupported_format() -> None:
+    data = _encode(Image.new("RGB", (16, 16)), "ICO")
+    with pytest.raises(ImageRejected) as exc:
+        inspect_image(data, LIMITS)
+    assert _reason(exc) == "IMAGE_FORMAT_UNSUPPORTED"
+
+
+def test_rejects_truncated_jpeg_on_decode_but_not_on_header(photos: dict[str, bytes]) -> None:
+    with Image.open(io.BytesIO(photos["chelsea"])) as src:
+        data = _encode(src.convert("RGB"), "JPEG")
+    truncated = data[: len(data) // 2]
+    assert inspect_image(truncated, LIMITS).format == "JPEG"
+    with pytest.raises(ImageRejected) as exc:
+        decode_image(truncated, LIMITS)
+    assert _reason(exc) == "IMAGE_UNDECODABLE"
+
+
+def test_rejects_too_many_pixels_before_decoding() -> None:
+    # A blank 6000 x 6000 PNG compresses to a few kilobytes: a (small) decompression bomb.
+    bomb = _encode(Image.new("L", (6000, 6000)), "PNG")
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageRejected) as exc:
+        inspect_image(bomb, ImageLimits(max_bytes=10 * 1024 * 1024, max_pixels=20_000_000))
+    assert _reason(exc) == "IMAGE_TOO_MANY_PIXELS"
+
+
+def test_rejects_oversized_bytes() -> None:
+    with pytest.raises(ImageRejected) as exc:
+        inspect_image(b"\xff" * 2048, ImageLimits(max_bytes=1024, max_pixels=10))
+    assert _reason(exc) == "IMAGE_TOO_LARGE"
+    assert exc.value.metadata["max_bytes"] == "1024"
