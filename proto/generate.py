@@ -71,7 +71,11 @@ def generate(out_root: Path) -> None:
 
 
 def _generated_files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in (root / PACKAGE_DIR).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(root))
+        for p in (root / PACKAGE_DIR).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def check() -> int:

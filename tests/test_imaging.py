@@ -56,7 +56,8 @@ def test_exif_orientation_is_applied_before_hashing() -> None:
     assert (decoded.header.width, decoded.header.height) == (100, 300)
     assert decoded.working.size[0] < decoded.working.size[1]
     top, bottom = decoded.working.getpixel((50, 10)), decoded.working.getpixel((50, 290))
-    assert isinstance(top, tuple) and isinstance(bottom, tuple)
+    assert isinstance(top, tuple)
+    assert isinstance(bottom, tuple)
     assert top[0] > 200 > bottom[0]  # the white half is now on top
 
 

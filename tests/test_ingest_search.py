@@ -69,7 +69,9 @@ def test_progress_stream_reaches_succeeded(connect: ClientFactory, photos: dict[
     image = ingest_response(updates[-1]).image
     assert image.name == f"tenants/{tenant}/collections/c1/images/coffee"
     assert (image.width, image.height, image.format) == (600, 400, "PNG")
-    assert len(image.sha256) == 64 and len(image.phash) == 16 and len(image.dhash) == 16
+    assert len(image.sha256) == 64
+    assert len(image.phash) == 16
+    assert len(image.dhash) == 16
     assert list(image.tags) == ["a", "b"]
     assert image.model == "efficientnet_lite0@1"
     # The standard Operations service reports the same final state.
@@ -91,7 +93,9 @@ def test_edited_copy_finds_its_original_first(
     assert reply.model == "efficientnet_lite0@1"
 
 
-def test_search_by_image_name_excludes_the_image_and_finds_its_twin(library: tuple[DeepLensClient, str]) -> None:
+def test_search_by_image_name_excludes_the_image_and_finds_its_twin(
+    library: tuple[DeepLensClient, str],
+) -> None:
     client, parent = library
     reply = client.search_images(parent, image_name=f"{parent}/images/motorcycle-left", top_k=3)
     names = [r.image.name.rsplit("/", 1)[1] for r in reply.results]
@@ -160,7 +164,8 @@ def test_image_broken_after_its_header_fails_the_operation_with_a_reason(
     good = client.ingest_image(parent, photos["grass"], image_id="grass")
     bad = client.ingest_image(parent, truncated, image_id="broken")
     bad_done = client.wait_operation(bad.name, timeout=120)
-    assert bad_done.done and bad_done.HasField("error")
+    assert bad_done.done
+    assert bad_done.HasField("error")
     assert bad_done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert error_info(bad_done.error).reason == "IMAGE_UNDECODABLE"  # type: ignore[union-attr]
     meta = ingest_metadata(bad_done)

@@ -38,20 +38,20 @@ def test_parses_well_formed_names() -> None:
     ],
 )
 def test_rejects_malformed_names(name: str) -> None:
+    parse = parse_image if name.count("/") >= 4 else parse_collection if name.count("/") >= 2 else parse_tenant
     with pytest.raises(errors.InvalidArgument) as exc:
-        if name.count("/") >= 4:
-            parse_image(name)
-        elif name.count("/") >= 2:
-            parse_collection(name)
-        else:
-            parse_tenant(name)
+        parse(name)
     assert exc.value.reason.startswith("INVALID_")
 
 
 def _details(status: object) -> dict[str, object]:
     found: dict[str, object] = {}
     for detail in status.details:  # type: ignore[attr-defined]
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo):
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.ResourceInfo,
+        ):
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)
@@ -82,7 +82,8 @@ def test_not_found_carries_resource_info() -> None:
 def test_unexpected_errors_become_internal_without_leaking_text() -> None:
     status = to_rpc_status(RuntimeError("password=hunter2 at /srv/secret/path"))
     assert status.code == grpc.StatusCode.INTERNAL.value[0]
-    assert "hunter2" not in status.message and "/srv" not in status.message
+    assert "hunter2" not in status.message
+    assert "/srv" not in status.message
     info = _details(status)["ErrorInfo"]
     assert isinstance(info, error_details_pb2.ErrorInfo)
     assert info.reason == "INTERNAL"

@@ -49,7 +49,7 @@ def build_server(backend: Backend, health_servicer: health.aio.HealthServicer) -
     search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(backend), server)
     ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(backend), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(backend), server)
-    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(backend), server)
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(backend), server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     server.add_insecure_port(backend.settings.grpc_listen)
@@ -58,7 +58,7 @@ def build_server(backend: Backend, health_servicer: health.aio.HealthServicer) -
 
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
     for name in ("", *SERVICE_NAMES):
-        await servicer.set(name, status)  # type: ignore[arg-type]
+        await servicer.set(name, status)
 
 
 async def serve(settings: Settings) -> None:

@@ -26,7 +26,12 @@ class InvalidArgument(DeepLensError):
     reason = "INVALID_ARGUMENT"
 
     def __init__(
-        self, message: str, *, field: str = "", reason: str | None = None, metadata: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        field: str = "",
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
     ):
         super().__init__(message, reason=reason, metadata=metadata)
         self.field = field

@@ -73,7 +73,5 @@ class EventLog:
                         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                         for k, v in fields.items()
                     }
-                    batch.append(
-                        OperationEvent(cursor, decoded["operation"], int(decoded["state"]), decoded["stage"])
-                    )
+                    batch.append(OperationEvent(cursor, decoded["operation"], int(decoded["state"]), decoded["stage"]))
             yield batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from deeplens.v1 import resources_pb2
-from google.longrunning import operations_pb2
+from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import status_pb2
 

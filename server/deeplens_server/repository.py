@@ -66,7 +66,9 @@ _IMAGE_COLUMNS = (
 
 
 def _image(row: Mapping[str, Any]) -> ImageRecord:
-    return ImageRecord(**{k: (list(v) if k == "tags" else v) for k, v in dict(row).items()})
+    fields = dict(row)
+    fields["tags"] = list(fields["tags"])
+    return ImageRecord(**fields)
 
 
 def _operation(row: Mapping[str, Any]) -> OperationRecord:
@@ -160,7 +162,9 @@ class Repository:
             raise NotFound("operation", f"tenants/{tenant_id}/operations/{operation_id}", reason="OPERATION_NOT_FOUND")
         return _operation(row)
 
-    async def set_operation_stage(self, tenant_id: str, operation_id: str, *, state: int, stage: str) -> OperationRecord:
+    async def set_operation_stage(
+        self, tenant_id: str, operation_id: str, *, state: int, stage: str
+    ) -> OperationRecord:
         row = await self._pool.fetchrow(
             "UPDATE operations SET state = $3, stage = $4, update_time = now() "
             "WHERE tenant_id = $1 AND id = $2 AND end_time IS NULL RETURNING *",
@@ -234,13 +238,13 @@ class Repository:
         )
         if row is None:
             raise NotFound(
-                "image", f"tenants/{tenant_id}/collections/{collection_id}/images/{image_id}", reason="IMAGE_NOT_FOUND"
+                "image",
+                f"tenants/{tenant_id}/collections/{collection_id}/images/{image_id}",
+                reason="IMAGE_NOT_FOUND",
             )
         return _image(row)
 
-    async def get_images(
-        self, tenant_id: str, keys: Iterable[tuple[str, str]]
-    ) -> dict[tuple[str, str], ImageRecord]:
+    async def get_images(self, tenant_id: str, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ImageRecord]:
         """Images by (collection_id, image_id); missing keys are simply absent from the result."""
         keys = list(keys)
         if not keys:

@@ -45,7 +45,8 @@ async def embed_content(backend: Backend, content: bytes, *, timeout: float | No
     """The query path's preprocessing is the ingest path's: ``decode_image`` then ``model_input``."""
     decoded = await asyncio.to_thread(decode_image, content, backend.limits)
     batch = model_input(decoded.working)[np.newaxis]
-    return (await backend.embedder.embed(batch, timeout=timeout))[0]
+    embeddings: NDArray[np.float32] = await backend.embedder.embed(batch, timeout=timeout)
+    return np.asarray(embeddings[0], dtype=np.float32)
 
 
 async def search_similar(backend: Backend, query: SearchQuery, *, timeout: float | None) -> list[SearchHit]:

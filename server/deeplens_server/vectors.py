@@ -68,7 +68,10 @@ class VectorIndex:
                 schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self._dim)
                 index = client.prepare_index_params()
                 index.add_index(
-                    "embedding", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
+                    "embedding",
+                    index_type="HNSW",
+                    metric_type="COSINE",
+                    params={"M": 16, "efConstruction": 200},
                 )
                 client.create_collection(self.collection, schema=schema, index_params=index)
             client.load_collection(self.collection)
@@ -128,14 +131,18 @@ class VectorIndex:
             raise Unavailable("the vector index is unavailable") from exc
 
     async def get_embedding(self, tenant_id: str, collection_id: str, image_id: str) -> NDArray[np.float32]:
-        expr = f"{self._scope(tenant_id, collection_id)} and pk == {_quote(self._pk(tenant_id, collection_id, image_id))}"
+        expr = (
+            f"{self._scope(tenant_id, collection_id)} and pk == {_quote(self._pk(tenant_id, collection_id, image_id))}"
+        )
         try:
             rows = await self._c.query(self.collection, filter=expr, output_fields=["embedding"], limit=1)
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
         if not rows:
             raise NotFound(
-                "image", f"tenants/{tenant_id}/collections/{collection_id}/images/{image_id}", reason="IMAGE_NOT_FOUND"
+                "image",
+                f"tenants/{tenant_id}/collections/{collection_id}/images/{image_id}",
+                reason="IMAGE_NOT_FOUND",
             )
         return np.asarray(rows[0]["embedding"], dtype=np.float32)
 

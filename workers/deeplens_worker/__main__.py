@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from arq.worker import Worker
-
 from deeplens_server.config import Settings
+
 from deeplens_worker.jobs import worker_options
 
 

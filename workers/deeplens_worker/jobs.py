@@ -9,13 +9,13 @@ from typing import Any
 from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import func as arq_func
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
-
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.errors import Unavailable
 from deeplens_server.queue import INGEST_IMAGE_JOB
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
 from deeplens_worker import pipeline
 
 _log = logging.getLogger(__name__)
@@ -73,4 +73,3 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "ctx": {"settings": settings},
         "handle_signals": True,
     }
-

@@ -11,16 +11,22 @@ from dataclasses import dataclass
 
 import numpy as np
 from deeplens.v1 import ingest_service_pb2
-from numpy.typing import NDArray
-
 from deeplens_server import operations
 from deeplens_server.api.convert import image_to_proto
 from deeplens_server.backend import Backend
 from deeplens_server.errors import DeepLensError, ImageRejected
-from deeplens_server.imaging import DecodedImage, ImageLimits, PerceptualHashes, decode_image, model_input, perceptual_hashes
+from deeplens_server.imaging import (
+    DecodedImage,
+    ImageLimits,
+    PerceptualHashes,
+    decode_image,
+    model_input,
+    perceptual_hashes,
+)
 from deeplens_server.repository import ImageRecord, OperationRecord
 from deeplens_server.status import to_rpc_status
 from deeplens_server.vectors import VectorRecord
+from numpy.typing import NDArray
 
 EMBED_TIMEOUT_SECONDS = 60.0
 
@@ -39,9 +45,7 @@ def analyze(data: bytes, limits: ImageLimits) -> Analysis:
 
 
 async def _stage(backend: Backend, record: OperationRecord, stage: str) -> OperationRecord:
-    updated = await backend.repo.set_operation_stage(
-        record.tenant_id, record.id, state=operations.RUNNING, stage=stage
-    )
+    updated = await backend.repo.set_operation_stage(record.tenant_id, record.id, state=operations.RUNNING, stage=stage)
     await backend.events.publish(record.tenant_id, record.id, state=updated.state, stage=stage)
     return updated
 

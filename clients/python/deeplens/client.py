@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import TracebackType
+from typing import cast
 
 import grpc
-from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.longrunning import operations_pb2_grpc
+from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from deeplens.v1 import (
@@ -26,8 +28,9 @@ MAX_MESSAGE_BYTES = 40 * 1024 * 1024
 
 def rpc_status(err: grpc.RpcError) -> status_pb2.Status | None:
     """The ``google.rpc.Status`` a server attached to an error, if any."""
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == STATUS_DETAILS_KEY:
+    call = cast(grpc.Call, err)
+    for key, value in call.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
             return status_pb2.Status.FromString(value)
     return None
 
@@ -38,7 +41,7 @@ def error_info(err: grpc.RpcError | status_pb2.Status) -> error_details_pb2.Erro
     if status is None:
         return None
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        if detail.TypeName() == error_details_pb2.ErrorInfo.DESCRIPTOR.full_name:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
@@ -73,7 +76,7 @@ class DeepLensClient:
         self.search = search_service_pb2_grpc.SearchServiceStub(self._channel)
         self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
         self.admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
-        self.operations = operations_pb2_grpc.OperationsStub(self._channel)
+        self.operations = operations_pb2_grpc.OperationsStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> DeepLensClient:
         return self
@@ -95,7 +98,8 @@ class DeepLensClient:
 
     def get_tenant(self, name: str) -> resources_pb2.Tenant:
         request = admin_service_pb2.GetTenantRequest(name=name)
-        return self.admin.GetTenant(request, metadata=self._metadata, timeout=self._timeout).tenant
+        reply = self.admin.GetTenant(request, metadata=self._metadata, timeout=self._timeout)
+        return reply.tenant
 
     def ingest_image(
         self,
@@ -113,7 +117,8 @@ class DeepLensClient:
 
     def get_operation(self, name: str) -> operations_pb2.Operation:
         request = operations_pb2.GetOperationRequest(name=name)
-        return self.operations.GetOperation(request, metadata=self._metadata, timeout=self._timeout)
+        reply = self.operations.GetOperation(request, metadata=self._metadata, timeout=self._timeout)
+        return cast(operations_pb2.Operation, reply)
 
     def watch_operation(self, name: str, *, timeout: float | None = None) -> Iterator[operations_pb2.Operation]:
         """Yields the operation's state now and after each change; ends when it is done."""
@@ -122,12 +127,12 @@ class DeepLensClient:
             yield reply.operation
 
     def wait_operation(self, name: str, *, timeout: float | None = None) -> operations_pb2.Operation:
-        last = None
-        for last in self.watch_operation(name, timeout=timeout):
-            pass
-        if last is None:
+        final: operations_pb2.Operation | None = None
+        for update in self.watch_operation(name, timeout=timeout):
+            final = update
+        if final is None:
             raise RuntimeError(f"no update for {name}")
-        return last
+        return final
 
     def search_images(
         self,

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "up":
             t0 = time.monotonic()
             timings = stack.up()
-            print(f"stack ready in {time.monotonic() - t0:.1f} s ({', '.join(f'{k} {v:.1f}s' for k, v in timings.items())})")
+            detail = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+            print(f"stack ready in {time.monotonic() - t0:.1f} s ({detail})")
             print(f"gRPC endpoint: {stack.config.grpc_target}; logs in {stack.data_dir / 'logs'}")
         elif ns.command == "down":
             t0 = time.monotonic()

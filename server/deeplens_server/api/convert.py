@@ -10,7 +10,9 @@ from deeplens_server.repository import ImageRecord, TenantRecord
 
 def tenant_to_proto(record: TenantRecord) -> resources_pb2.Tenant:
     return resources_pb2.Tenant(
-        name=f"tenants/{record.id}", display_name=record.display_name, create_time=timestamp(record.create_time)
+        name=f"tenants/{record.id}",
+        display_name=record.display_name,
+        create_time=timestamp(record.create_time),
     )
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import grpc
 from deeplens.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from google.longrunning import operations_pb2
+from google.longrunning import operations_proto_pb2 as operations_pb2
 from opentelemetry import propagate
 
 from deeplens_server import operations
