@@ -42,14 +42,19 @@ def _make_venv(path: Path) -> None:
 
 def ensure_venv() -> None:
     """Creates .venv and installs the locked dependencies plus this project, when they changed."""
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file is the first thing a newcomer runs
+        raise SystemExit(f"DeepLens needs Python >= 3.11; this is {sys.version.split()[0]}")
     stamp_text = hashlib.sha256(LOCK.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
     stamp = VENV / ".deeplens-installed"
     if stamp.exists() and stamp.read_text() == stamp_text:
         return
     _make_venv(VENV)
     pip = [_bin(VENV, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    _run(*pip, "-r", str(LOCK))
+    # The lock is complete (every transitive dependency pinned), so nothing is resolved at install time:
+    # no surprise version can slip in, and `pip check` proves the set is consistent.
+    _run(*pip, "--no-deps", "-r", str(LOCK))
     _run(*pip, "--no-deps", "-e", ".")
+    _run(_bin(VENV, "python"), "-m", "pip", "check")
     stamp.write_text(stamp_text)
 
 
@@ -79,9 +84,12 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     if command == "lock":
-        _make_venv(VENV)
+        # Resolve pyproject.toml's ranges afresh in a scratch environment and pin everything it installed.
+        scratch = ROOT / ".cache" / "lock-venv"
+        venv.EnvBuilder(with_pip=True, clear=True).create(scratch)
+        _run(_bin(scratch, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", ".[dev]")
         frozen = subprocess.run(
-            [_bin(VENV, "python"), "-m", "pip", "freeze", "--exclude-editable"],
+            [_bin(scratch, "python"), "-m", "pip", "freeze", "--exclude-editable"],
             check=True,
             capture_output=True,
             text=True,
