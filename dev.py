@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
         venv.EnvBuilder(with_pip=True, clear=True).create(scratch)
         _run(_bin(scratch, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", ".[dev]")
         frozen = subprocess.run(
-            [_bin(scratch, "python"), "-m", "pip", "freeze", "--exclude-editable"],
+            [_bin(scratch, "python"), "-m", "pip", "freeze", "--all", "--exclude-editable", "--exclude", "pip"],
             check=True,
             capture_output=True,
             text=True,
