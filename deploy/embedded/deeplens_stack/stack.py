@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
@@ -348,7 +350,12 @@ class Stack:
         self.procs.start("milvus", args, env=self.child_env())
 
     def _ready_milvus(self, timeout: float) -> None:
+        uri = urlsplit(self.config.endpoints["DEEPLENS_MILVUS_URI"])
+
         def probe() -> bool:
+            # A plain TCP check first: pymilvus logs a traceback for every refused connection.
+            with socket.create_connection((uri.hostname or "127.0.0.1", uri.port or 19530), timeout=1):
+                pass
             client = MilvusClient(uri=self.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=2)
             try:
                 client.list_collections()
