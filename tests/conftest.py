@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from deeplens.client import DeepLensClient
+from deeplens.v1 import resources_pb2
 from deeplens_stack import Stack, StackConfig
 from deeplens_stack.photos import sample_photos
 
@@ -31,11 +32,11 @@ ClientFactory = Callable[[str], DeepLensClient]
 
 @pytest.fixture(scope="session")
 def connect(stack: Stack) -> Iterator[ClientFactory]:
-    """Opens clients that identify as a given tenant; closes them at the end."""
+    """Opens clients that call with a given API key; closes them at the end."""
     opened: list[DeepLensClient] = []
 
-    def factory(tenant: str) -> DeepLensClient:
-        client = DeepLensClient(stack.config.grpc_target, tenant=tenant, timeout=60)
+    def factory(api_key: str) -> DeepLensClient:
+        client = DeepLensClient(stack.config.grpc_target, api_key=api_key, timeout=60)
         opened.append(client)
         return client
 
@@ -44,11 +45,23 @@ def connect(stack: Stack) -> Iterator[ClientFactory]:
         client.close()
 
 
-def new_tenant(connect: ClientFactory) -> tuple[str, DeepLensClient]:
+@pytest.fixture(scope="session")
+def admin(stack: Stack, connect: ClientFactory) -> DeepLensClient:
+    """The platform administrator."""
+    return connect(stack.admin_key())
+
+
+def new_tenant(
+    admin: DeepLensClient,
+    connect: ClientFactory,
+    role: resources_pb2.Role.ValueType = resources_pb2.ROLE_TENANT_ADMIN,
+    limits: resources_pb2.TenantLimits | None = None,
+) -> tuple[str, DeepLensClient]:
+    """A fresh tenant and a client holding a key of ``role`` for it."""
     tenant = f"t{uuid.uuid4().hex[:12]}"
-    client = connect(tenant)
-    client.create_tenant(tenant, f"test tenant {tenant}")
-    return tenant, client
+    admin.create_tenant(tenant, f"test tenant {tenant}", limits)
+    _, secret = admin.create_api_key(tenant, role, "test")
+    return tenant, connect(secret)
 
 
 @pytest.fixture(scope="session")

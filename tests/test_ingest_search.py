@@ -6,7 +6,7 @@ import io
 
 import grpc
 import pytest
-from deeplens.client import DeepLensClient, error_info, ingest_metadata, ingest_response
+from deeplens.client import DeepLensClient, error_info, ingest_response, operation_metadata
 from deeplens.v1 import resources_pb2
 from google.longrunning import operations_pb2
 from PIL import Image
@@ -37,9 +37,9 @@ def _ingest_all(client: DeepLensClient, parent: str, photos: dict[str, bytes]) -
 
 
 @pytest.fixture(scope="module")
-def library(connect: ClientFactory, photos: dict[str, bytes]) -> tuple[DeepLensClient, str]:
+def library(admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]) -> tuple[DeepLensClient, str]:
     """A tenant holding every sample photo in one collection."""
-    tenant, client = new_tenant(connect)
+    tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/photos"
     done = _ingest_all(client, parent, photos)
     failed = {n: op.error.message for n, op in done.items() if op.HasField("error")}
@@ -47,22 +47,24 @@ def library(connect: ClientFactory, photos: dict[str, bytes]) -> tuple[DeepLensC
     return client, parent
 
 
-def test_progress_stream_reaches_succeeded(connect: ClientFactory, photos: dict[str, bytes]) -> None:
-    tenant, client = new_tenant(connect)
+def test_progress_stream_reaches_succeeded(
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant, client = new_tenant(admin, connect)
     op = client.ingest_image(f"tenants/{tenant}/collections/c1", photos["coffee"], image_id="coffee", tags=["b", "a"])
-    first = ingest_metadata(op)
+    first = operation_metadata(op)
     assert op.name.startswith(f"tenants/{tenant}/operations/")
     assert not op.done
     assert first.state == STATE.OPERATION_STATE_PENDING
     assert first.total == 1
 
     updates = list(client.watch_operation(op.name, timeout=120))
-    states = [ingest_metadata(u).state for u in updates]
+    states = [operation_metadata(u).state for u in updates]
     assert updates[-1].done
     assert states[-1] == STATE.OPERATION_STATE_SUCCEEDED
     assert all(not u.done for u in updates[:-1])
     assert states == sorted(states)  # never goes backwards
-    meta = ingest_metadata(updates[-1])
+    meta = operation_metadata(updates[-1])
     assert (meta.processed, meta.succeeded, meta.failed) == (1, 1, 0)
     assert meta.HasField("end_time")
 
@@ -132,9 +134,9 @@ def test_search_over_whole_tenant_and_other_collection(
     ],
 )
 def test_corrupt_bytes_are_invalid_argument_and_server_keeps_serving(
-    connect: ClientFactory, photos: dict[str, bytes], content: bytes, reason: str
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes], content: bytes, reason: str
 ) -> None:
-    tenant, client = new_tenant(connect)
+    tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
     with pytest.raises(grpc.RpcError) as exc:
         client.ingest_image(parent, content)
@@ -153,9 +155,9 @@ def test_corrupt_bytes_are_invalid_argument_and_server_keeps_serving(
 
 
 def test_image_broken_after_its_header_fails_the_operation_with_a_reason(
-    connect: ClientFactory, photos: dict[str, bytes]
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
 ) -> None:
-    tenant, client = new_tenant(connect)
+    tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
     with Image.open(io.BytesIO(photos["astronaut"])) as src:
         out = io.BytesIO()
@@ -168,15 +170,17 @@ def test_image_broken_after_its_header_fails_the_operation_with_a_reason(
     assert bad_done.HasField("error")
     assert bad_done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert error_info(bad_done.error).reason == "IMAGE_UNDECODABLE"  # type: ignore[union-attr]
-    meta = ingest_metadata(bad_done)
+    meta = operation_metadata(bad_done)
     assert (meta.state, meta.failed, meta.succeeded) == (STATE.OPERATION_STATE_FAILED, 1, 0)
     assert not client.wait_operation(good.name, timeout=120).HasField("error")
     names = [r.image.name for r in client.search_images(parent, image_content=photos["grass"], top_k=5).results]
     assert names == [f"{parent}/images/grass"]
 
 
-def test_bad_requests_get_field_level_reasons(connect: ClientFactory, photos: dict[str, bytes]) -> None:
-    tenant, client = new_tenant(connect)
+def test_bad_requests_get_field_level_reasons(
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant, client = new_tenant(admin, connect)
     cases = [
         (lambda: client.ingest_image("tenants/x", photos["moon"]), "INVALID_RESOURCE_NAME"),
         (lambda: client.ingest_image(f"tenants/{tenant}/collections/c", photos["moon"], image_id="a b"),
@@ -194,8 +198,10 @@ def test_bad_requests_get_field_level_reasons(connect: ClientFactory, photos: di
         assert error_info(exc.value).reason == reason  # type: ignore[union-attr]
 
 
-def test_request_id_makes_ingest_idempotent(connect: ClientFactory, photos: dict[str, bytes]) -> None:
-    tenant, client = new_tenant(connect)
+def test_request_id_makes_ingest_idempotent(
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
     first = client.ingest_image(parent, photos["text"], request_id="upload-42")
     again = client.ingest_image(parent, photos["text"], request_id="upload-42")
@@ -208,13 +214,12 @@ def test_request_id_makes_ingest_idempotent(connect: ClientFactory, photos: dict
     assert len(hits) == 1
 
 
-def test_unknown_tenant_and_operation_are_not_found(connect: ClientFactory) -> None:
-    client = connect("nobody")
+def test_unknown_tenant_and_operation_are_not_found(admin: DeepLensClient, connect: ClientFactory) -> None:
     with pytest.raises(grpc.RpcError) as exc:
-        client.get_tenant("tenants/nobody")
+        admin.get_tenant("tenants/nobody-here")
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_info(exc.value).reason == "TENANT_NOT_FOUND"  # type: ignore[union-attr]
-    tenant, client = new_tenant(connect)
+    tenant, client = new_tenant(admin, connect)
     with pytest.raises(grpc.RpcError) as exc:
         client.get_operation(f"tenants/{tenant}/operations/0123456789abcdef")
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND

@@ -8,8 +8,9 @@ import asyncpg
 import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
+from deeplens.client import DeepLensClient
 from deeplens_server.config import Settings
-from deeplens_server.queue import INGEST_IMAGE_JOB
+from deeplens_server.operations import KIND_INGEST_IMAGE
 from deeplens_server.vectors import collection_name
 from deeplens_stack import Stack
 from pymilvus import MilvusClient
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.stack
 
 
 async def test_redelivered_ingest_job_is_a_no_op(
-    stack: Stack, connect: ClientFactory, photos: dict[str, bytes]
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
 ) -> None:
-    tenant, client = new_tenant(connect)
+    tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
     done = client.wait_operation(client.ingest_image(parent, photos["camera"], image_id="camera").name, timeout=120)
     assert not done.HasField("error")
@@ -34,7 +35,7 @@ async def test_redelivered_ingest_job_is_a_no_op(
     try:
         for _ in range(2):
             job = await redis.enqueue_job(
-                INGEST_IMAGE_JOB, tenant, operation_id, {}, _job_id=f"redelivery-{uuid.uuid4().hex}",
+                KIND_INGEST_IMAGE, tenant, operation_id, {}, _job_id=f"redelivery-{uuid.uuid4().hex}",
                 _queue_name=settings.queue_name,
             )  # fmt: skip
             assert job is not None

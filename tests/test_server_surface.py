@@ -13,8 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from deeplens.client import DeepLensClient
+from deeplens.v1 import resources_pb2
 from deeplens_stack import Stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import ClientFactory, new_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,11 +41,20 @@ def test_reflection_lists_the_three_services_to_grpcurl(stack: Stack) -> None:
 
 
 @pytest.mark.stack
-def test_grpcurl_sees_error_details(stack: Stack) -> None:
+def test_grpcurl_calls_with_an_api_key_and_sees_error_details(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory
+) -> None:
+    tenant, _ = new_tenant(admin, connect)
+    _, secret = admin.create_api_key(tenant, resources_pb2.ROLE_UPLOADER)
+    auth = f"authorization: Bearer {secret}"
+    got = _grpcurl("-plaintext", "-H", auth, "-d", json.dumps({"name": f"tenants/{tenant}"}),
+                   stack.config.grpc_target, "deeplens.v1.AdminService/GetTenant")  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["tenant"]["name"] == f"tenants/{tenant}"
     result = _grpcurl(
         "-plaintext",
-        "-H", "x-deeplens-tenant: someone",
-        "-d", json.dumps({"parent": "tenants/someone/collections/c", "content": "bm90IGFuIGltYWdl"}),
+        "-H", auth,
+        "-d", json.dumps({"parent": f"tenants/{tenant}/collections/c", "content": "bm90IGFuIGltYWdl"}),
         stack.config.grpc_target,
         "deeplens.v1.IngestService/IngestImage",
     )  # fmt: skip

@@ -19,6 +19,8 @@ from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from deeplens_server import auth
+from deeplens_server.access import AccessControl
 from deeplens_server.api.admin import AdminServicer
 from deeplens_server.api.ingest import IngestServicer
 from deeplens_server.api.operations import OperationsServicer
@@ -26,6 +28,7 @@ from deeplens_server.api.search import SearchServicer
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.interceptors import RequestContextInterceptor
+from deeplens_server.ratelimit import RateLimiter
 
 _log = logging.getLogger(__name__)
 
@@ -37,10 +40,34 @@ SERVICE_NAMES = (
 )
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the configured PEM files; requiring client certificates when a client CA is given (mTLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+async def install_bootstrap_key(backend: Backend) -> None:
+    """Makes the configured platform administrator key valid (idempotent across restarts and replicas)."""
+    token = backend.settings.bootstrap_admin_key.get_secret_value()
+    if token:
+        await backend.admin.ensure_platform_key(
+            auth.key_id_of(token), "bootstrap platform administrator", auth.digest(token), int(auth.Role.PLATFORM_ADMIN)
+        )
+
+
 def build_server(backend: Backend, health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:
-    limit = backend.settings.max_message_bytes
+    settings = backend.settings
+    limit = settings.max_message_bytes
+    access = AccessControl(
+        backend.admin,
+        RateLimiter(backend.redis),
+        default_requests_per_second=settings.default_requests_per_second,
+    )
     server = grpc.aio.server(
-        interceptors=[RequestContextInterceptor()],
+        interceptors=[RequestContextInterceptor(access)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -52,7 +79,11 @@ def build_server(backend: Backend, health_servicer: health.aio.HealthServicer) -
     operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(backend), server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    server.add_insecure_port(backend.settings.grpc_listen)
+    credentials = server_credentials(settings)
+    if credentials is None:
+        server.add_insecure_port(settings.grpc_listen)
+    else:
+        server.add_secure_port(settings.grpc_listen, credentials)
     return server
 
 
@@ -64,6 +95,7 @@ async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT: then reports NOT_SERVING, drains for the grace period, closes pools."""
     backend = await Backend.open(settings)
+    await install_bootstrap_key(backend)
     health_servicer = health.aio.HealthServicer()
     server = build_server(backend, health_servicer)
     stop = asyncio.Event()

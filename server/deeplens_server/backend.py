@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from deeplens_server.admin_repository import AdminRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
 from deeplens_server.embedder import Embedder
@@ -23,6 +24,7 @@ _log = logging.getLogger(__name__)
 class Backend:
     settings: Settings
     repo: Repository
+    admin: AdminRepository
     vectors: VectorIndex
     embedder: Embedder
     events: EventLog
@@ -51,7 +53,9 @@ class Backend:
         queue = await JobQueue.connect(settings.redis_url, settings.queue_name)
         events = EventLog(queue.redis, maxlen=settings.event_stream_maxlen)
         _log.info("backend ready: model %s, vectors in %s", embedder.model_id, vectors.collection)
-        return cls(settings, repo, vectors, embedder, events, queue, BlobStore(settings.blob_root))
+        return cls(
+            settings, repo, AdminRepository(repo.pool), vectors, embedder, events, queue, BlobStore(settings.blob_root)
+        )
 
     @property
     def redis(self) -> Redis:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 from deeplens_server.errors import NotFound
@@ -37,6 +38,21 @@ class BlobStore:
 
         await asyncio.to_thread(write)
         return path.as_uri()
+
+    def _tenant_root(self, tenant_id: str) -> Path:
+        return self._root / "tenants" / tenant_id
+
+    async def usage(self, tenant_id: str) -> tuple[int, int]:
+        """(files, bytes) stored for the tenant."""
+
+        def walk() -> tuple[int, int]:
+            files = [p for p in self._tenant_root(tenant_id).rglob("*") if p.is_file()]
+            return len(files), sum(p.stat().st_size for p in files)
+
+        return await asyncio.to_thread(walk)
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._tenant_root(tenant_id), True)
 
     async def get(self, tenant_id: str, sha256: str) -> bytes:
         path = self._path(tenant_id, sha256)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +31,19 @@ class Settings(BaseSettings):
     queue_name: str = "deeplens:queue"
     job_max_tries: int = 5
     event_stream_maxlen: int = 10_000
+
+    # Defaults for tenants whose own limit is 0.
+    default_requests_per_second: int = 200
+    default_max_images: int = 10_000_000
+    default_max_concurrent_operations: int = 10_000
+
+    # A platform administrator key (``dlk_...``) installed at server start, for bootstrapping.
+    bootstrap_admin_key: SecretStr = SecretStr("")
+
+    # TLS for the gRPC endpoint; with a client CA, clients must present a certificate it signed (mTLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
 
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 100_000_000

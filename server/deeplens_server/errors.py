@@ -68,6 +68,31 @@ class PermissionDenied(DeepLensError):
     reason = "PERMISSION_DENIED"
 
 
+class Aborted(DeepLensError):
+    """A concurrency conflict: an etag did not match (AIP-154). Re-read and retry."""
+
+    reason = "ETAG_MISMATCH"
+
+
+class ResourceExhausted(DeepLensError):
+    """A quota or rate limit was hit. ``retry_after`` (seconds) becomes ``RetryInfo``; ``quota`` a ``QuotaFailure``."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        retry_after: float | None = None,
+        quota: str = "",
+        metadata: dict[str, str] | None = None,
+    ):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+        self.quota = quota
+
+
 class Unavailable(DeepLensError):
     """A dependency (Triton, Milvus, PostgreSQL, Redis, storage) is down or timed out; retrying may help."""
 

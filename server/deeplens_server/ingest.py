@@ -6,9 +6,11 @@ import uuid
 from dataclasses import dataclass
 
 from deeplens_server import operations
+from deeplens_server.admin_repository import Limits
 from deeplens_server.backend import Backend
-from deeplens_server.errors import InvalidArgument
-from deeplens_server.imaging import content_sha256, inspect_image
+from deeplens_server.config import Settings
+from deeplens_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from deeplens_server.imaging import ImageLimits, content_sha256, inspect_image
 from deeplens_server.names import CollectionName, check_image_id
 from deeplens_server.repository import OperationRecord
 
@@ -25,6 +27,17 @@ class IngestRequest:
     image_id: str
     tags: list[str]
     request_id: str
+
+
+def effective_limits(settings: Settings, own: Limits) -> Limits:
+    """A tenant's limits with its zeros replaced by the server's defaults (and never above the server's caps)."""
+    return Limits(
+        max_images=own.max_images or settings.default_max_images,
+        max_image_bytes=min(own.max_image_bytes or settings.max_image_bytes, settings.max_image_bytes),
+        max_image_pixels=min(own.max_image_pixels or settings.max_image_pixels, settings.max_image_pixels),
+        requests_per_second=own.requests_per_second or settings.default_requests_per_second,
+        max_concurrent_operations=own.max_concurrent_operations or settings.default_max_concurrent_operations,
+    )
 
 
 def _check_tags(tags: list[str]) -> list[str]:
@@ -44,11 +57,29 @@ async def submit_ingest(backend: Backend, request: IngestRequest, trace_carrier:
     if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
         raise InvalidArgument("request_id is too long", field="request_id", reason="INVALID_REQUEST_ID")
     tags = _check_tags(list(request.tags))
-    header = inspect_image(request.content, backend.limits)
-    await backend.repo.get_tenant(tenant)
+    record_tenant = await backend.admin.get_tenant(tenant)
+    if record_tenant.delete_time is not None:
+        raise FailedPrecondition("the tenant is deleted", reason="TENANT_DELETED")
+    limits = effective_limits(backend.settings, record_tenant.limits)
+    header = inspect_image(request.content, ImageLimits(limits.max_image_bytes, limits.max_image_pixels))
+    images, active = await backend.admin.usage(tenant)
+    if active >= limits.max_concurrent_operations:
+        raise ResourceExhausted(
+            f"the tenant already has {active} operations in progress (limit {limits.max_concurrent_operations})",
+            reason="TOO_MANY_OPERATIONS",
+            quota=f"tenants/{tenant}:max_concurrent_operations",
+            retry_after=1.0,
+        )
+    if images + active >= limits.max_images:
+        raise ResourceExhausted(
+            f"the tenant holds {images} images and {active} pending (limit {limits.max_images})",
+            reason="IMAGE_QUOTA_EXCEEDED",
+            quota=f"tenants/{tenant}:max_images",
+        )
     sha256 = content_sha256(request.content)
     image_id = check_image_id(request.image_id) if request.image_id else sha256[:DEFAULT_ID_HEX_DIGITS]
     storage_uri = await backend.blobs.put(tenant, sha256, request.content)
+    await backend.admin.ensure_collection(tenant, request.parent.collection)
     record, created = await backend.repo.create_operation(
         tenant,
         uuid.uuid4().hex,
@@ -70,5 +101,5 @@ async def submit_ingest(backend: Backend, request: IngestRequest, trace_carrier:
         if created:
             await backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
         # Enqueueing is idempotent (the job id is the operation's), so a retried request re-enqueues safely.
-        await backend.queue.enqueue_ingest(tenant, record.id, trace_carrier)
+        await backend.queue.enqueue_operation(record.kind, tenant, record.id, trace_carrier)
     return record

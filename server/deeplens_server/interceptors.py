@@ -1,41 +1,61 @@
-"""Server interceptor: establishes who is calling and maps every error raised by a handler to a status.
+"""The server interceptor: admits every RPC (``access.py``), runs it, maps any error to a status, audits.
 
-Authentication is a seam for now: the tenant is read from the ``x-deeplens-tenant`` metadata entry. Handlers
-only ever see the resulting ``Principal`` (``tenancy.current_principal``), so real API-key authentication
-replaces ``principal_from_metadata`` without touching them.
+Handlers see only the resulting ``Principal`` (``tenancy``); nothing in a request can choose it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
 
 from deeplens_server import status
-from deeplens_server.errors import DeepLensError, Unauthenticated
-from deeplens_server.names import check_tenant_id
+from deeplens_server.access import AccessControl
+from deeplens_server.errors import DeepLensError
+from deeplens_server.policy import MethodPolicy
 from deeplens_server.tenancy import Principal, set_principal
 
-TENANT_METADATA_KEY = "x-deeplens-tenant"
-# Infrastructure services answer without a principal and without error mapping.
+# Infrastructure services answer without credentials.
 _EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def principal_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal | None:
-    for key, value in metadata or ():
-        if key == TENANT_METADATA_KEY:
-            text = value.decode() if isinstance(value, bytes) else value
-            try:
-                return Principal(tenant=check_tenant_id(text, TENANT_METADATA_KEY))
-            except DeepLensError as exc:
-                raise Unauthenticated("the tenant identity is malformed", reason="INVALID_CREDENTIALS") from exc
-    return None
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "OK"
+    if isinstance(exc, DeepLensError):
+        return status.grpc_code(exc).name
+    return "INTERNAL"
+
+
+class _Call:
+    """One RPC's admission and audit, shared by the unary and streaming wrappers."""
+
+    def __init__(self, access: AccessControl, method: str, metadata: Any) -> None:
+        self.access = access
+        self.method = method
+        self.metadata = metadata
+        self.principal: Principal | None = None
+        self.policy: MethodPolicy | None = None
+
+    async def admit(self) -> None:
+        self.policy = self.access.policy(self.method)
+        self.principal, rps = await self.access.authenticate(self.metadata)
+        # Each RPC runs in its own task, so the principal set here is visible to that RPC alone.
+        set_principal(self.principal)
+        await self.access.authorize(self.principal, self.policy, rps)
+
+    async def finish(self, request: Any, exc: BaseException | None) -> None:
+        if self.principal is not None and self.policy is not None and self.policy.mutating:
+            await self.access.audit(self.principal, self.method, request, _outcome(exc))
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, access: AccessControl) -> None:
+        self._access = access
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
@@ -49,46 +69,49 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         # In grpc.aio the behaviours are coroutine functions / async generators; the stubs describe sync ones.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(cast(Any, handler.unary_unary), metadata),
+                self._wrap_unary(cast(Any, handler.unary_unary), method, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(cast(Any, handler.unary_stream), metadata),
+                self._wrap_stream(cast(Any, handler.unary_stream), method, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
+    def _wrap_unary(
+        self, behavior: Callable[[Any, Context], Awaitable[Any]], method: str, metadata: Any
+    ) -> Callable[[Any, Context], Awaitable[Any]]:
+        async def wrapped(request: Any, context: Context) -> Any:
+            call = _Call(self._access, method, metadata)
+            failure: BaseException | None = None
+            try:
+                await call.admit()
+                return await behavior(request, context)
+            except Exception as exc:
+                failure = exc
+                await status.abort(context, exc)
+            finally:
+                await call.finish(request, failure)
 
-def _wrap_unary(
-    behavior: Callable[[Any, Context], Awaitable[Any]], metadata: Any
-) -> Callable[[Any, Context], Awaitable[Any]]:
-    async def wrapped(request: Any, context: Context) -> Any:
-        try:
-            # Each RPC runs in its own task, so the principal set here is visible to that RPC alone.
-            set_principal(principal_from_metadata(metadata))
-            return await behavior(request, context)
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await status.abort(context, exc)
+        return wrapped
 
-    return wrapped
+    def _wrap_stream(
+        self, behavior: Callable[[Any, Context], AsyncIterator[Any]], method: str, metadata: Any
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = _Call(self._access, method, metadata)
+            failure: BaseException | None = None
+            try:
+                await call.admit()
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as exc:
+                failure = exc
+                await status.abort(context, exc)
+            finally:
+                await call.finish(request, failure)
 
-
-def _wrap_stream(
-    behavior: Callable[[Any, Context], AsyncIterator[Any]], metadata: Any
-) -> Callable[[Any, Context], AsyncIterator[Any]]:
-    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-        try:
-            set_principal(principal_from_metadata(metadata))
-            async for item in behavior(request, context):
-                yield item
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await status.abort(context, exc)
-
-    return wrapped
+        return wrapped

@@ -115,3 +115,23 @@ def parse_operation(value: str, field: str = "name") -> OperationName:
     if not _OPERATION_ID.match(operation):
         raise InvalidArgument("malformed operation id", field=field, reason="INVALID_RESOURCE_NAME")
     return OperationName(check_tenant_id(tenant, field), operation)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyName:
+    tenant: str
+    key_id: str
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/apiKeys/{self.key_id}"
+
+
+def parse_api_key(value: str, field: str = "name") -> ApiKeyName:
+    tenant, key_id = _parts(value, field, "tenants/{tenant}/apiKeys/{api_key}", 2)
+    if not re.fullmatch(r"[0-9a-f]{16}", key_id):
+        raise InvalidArgument("malformed API key id", field=field, reason="INVALID_RESOURCE_NAME")
+    return ApiKeyName(check_tenant_id(tenant, field), key_id)
+
+
+def check_collection_id(value: str, field: str = "collection_id") -> str:
+    return parse_collection(f"tenants/placeholder/collections/{value}", field).collection

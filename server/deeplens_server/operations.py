@@ -18,6 +18,7 @@ FAILED = resources_pb2.OPERATION_STATE_FAILED
 CANCELLED = resources_pb2.OPERATION_STATE_CANCELLED
 
 KIND_INGEST_IMAGE = "ingest_image"
+KIND_PURGE_TENANT = "purge_tenant"
 
 
 def operation_name(tenant_id: str, operation_id: str) -> str:
@@ -40,7 +41,7 @@ def pack(message: object) -> bytes:
 
 
 def to_proto(record: OperationRecord) -> operations_pb2.Operation:
-    metadata = resources_pb2.IngestMetadata(
+    metadata = resources_pb2.OperationMetadata(
         state=record.state,  # type: ignore[arg-type]
         total=record.total,
         processed=record.processed,

@@ -8,11 +8,9 @@ from redis.exceptions import RedisError
 
 from deeplens_server.errors import Unavailable
 
-INGEST_IMAGE_JOB = "ingest_image"
 
-
-def ingest_job_id(tenant_id: str, operation_id: str) -> str:
-    return f"ingest:{tenant_id}:{operation_id}"
+def job_id(kind: str, tenant_id: str, operation_id: str) -> str:
+    return f"{kind}:{tenant_id}:{operation_id}"
 
 
 class JobQueue:
@@ -35,14 +33,17 @@ class JobQueue:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def enqueue_ingest(self, tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> None:
+    async def enqueue_operation(
+        self, kind: str, tenant_id: str, operation_id: str, trace_carrier: dict[str, str]
+    ) -> None:
+        """Queues the job that carries out an operation; the job function is named after the operation's kind."""
         try:
             await self._redis.enqueue_job(
-                INGEST_IMAGE_JOB,
+                kind,
                 tenant_id,
                 operation_id,
                 trace_carrier,
-                _job_id=ingest_job_id(tenant_id, operation_id),
+                _job_id=job_id(kind, tenant_id, operation_id),
                 _queue_name=self._queue_name,
             )
         except RedisError as exc:

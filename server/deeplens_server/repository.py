@@ -10,15 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from deeplens_server.errors import AlreadyExists, NotFound, Unavailable
+from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.migrations import migrate
-
-
-@dataclass(frozen=True, slots=True)
-class TenantRecord:
-    id: str
-    display_name: str
-    create_time: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,30 +87,15 @@ class Repository:
             await migrate(conn)
         return cls(pool)
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     async def close(self) -> None:
         await self._pool.close()
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
-
-    # Tenants
-
-    async def create_tenant(self, tenant_id: str, display_name: str) -> TenantRecord:
-        row = await self._pool.fetchrow(
-            "INSERT INTO tenants (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING "
-            "RETURNING id, display_name, create_time",
-            tenant_id,
-            display_name,
-        )
-        if row is None:
-            raise AlreadyExists(f"tenant {tenant_id!r} already exists", reason="TENANT_EXISTS")
-        return TenantRecord(**dict(row))
-
-    async def get_tenant(self, tenant_id: str) -> TenantRecord:
-        row = await self._pool.fetchrow("SELECT id, display_name, create_time FROM tenants WHERE id = $1", tenant_id)
-        if row is None:
-            raise NotFound("tenant", f"tenants/{tenant_id}", reason="TENANT_NOT_FOUND")
-        return TenantRecord(**dict(row))
 
     # Operations
 

@@ -8,6 +8,7 @@ INTERNAL with a generic message: their text never reaches the caller.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import grpc
 from google.protobuf import any_pb2
@@ -28,6 +29,8 @@ _CODES: list[tuple[type[errors.DeepLensError], grpc.StatusCode]] = [
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -60,13 +63,27 @@ def to_rpc_status(err: BaseException) -> status_pb2.Status:
             resource_type=err.resource_type, resource_name=err.resource_name, description=err.message
         )
         status.details.append(_pack(resource))
+    if isinstance(err, errors.ResourceExhausted):
+        if err.quota:
+            quota = error_details_pb2.QuotaFailure.Violation(subject=err.quota, description=err.message)
+            status.details.append(_pack(error_details_pb2.QuotaFailure(violations=[quota])))
+        if err.retry_after is not None:
+            status.details.append(_pack(_retry_info(err.retry_after)))
     if code == grpc.StatusCode.UNAVAILABLE:
-        status.details.append(_pack(error_details_pb2.RetryInfo()))
+        status.details.append(_pack(_retry_info(1.0)))
     return status
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromTimedelta(timedelta(seconds=max(seconds, 0.001)))
+    return info
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], err: BaseException) -> None:
     """Ends the RPC with the status for ``err``. Logs unexpected errors with their traceback."""
+    if isinstance(err, grpc.aio.AbortError):
+        raise err
     if isinstance(err, errors.DeepLensError):
         code = grpc_code(err)
     else:

@@ -130,6 +130,21 @@ class VectorIndex:
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
+    async def delete(self, tenant_id: str, *, collection_id: str | None = None) -> None:
+        """Deletes the tenant's vectors (one collection's, if given)."""
+        try:
+            async with self._write_lock:
+                await self._c.delete(self.collection, filter=self._scope(tenant_id, collection_id))
+        except MilvusException as exc:
+            raise Unavailable("the vector index is unavailable") from exc
+
+    async def count(self, tenant_id: str) -> int:
+        try:
+            rows = await self._c.query(self.collection, filter=self._scope(tenant_id), output_fields=["count(*)"])
+        except MilvusException as exc:
+            raise Unavailable("the vector index is unavailable") from exc
+        return int(rows[0]["count(*)"]) if rows else 0
+
     async def get_embedding(self, tenant_id: str, collection_id: str, image_id: str) -> NDArray[np.float32]:
         expr = (
             f"{self._scope(tenant_id, collection_id)} and pk == {_quote(self._pk(tenant_id, collection_id, image_id))}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry
@@ -12,11 +13,12 @@ from arq.worker import func as arq_func
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.errors import Unavailable
-from deeplens_server.queue import INGEST_IMAGE_JOB
+from deeplens_server.operations import KIND_INGEST_IMAGE, KIND_PURGE_TENANT
+from deeplens_server.repository import OperationRecord
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
-from deeplens_worker import pipeline
+from deeplens_worker import pipeline, purge
 
 _log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL_SECONDS = 5
@@ -28,23 +30,35 @@ def backoff_seconds(job_try: int) -> float:
     return base * random.uniform(0.5, 1.5)
 
 
-async def ingest_image(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
+Step = Callable[[Backend, str, str], Awaitable[OperationRecord]]
+
+
+async def _run(ctx: dict[str, Any], step: Step, tenant_id: str, operation_id: str, carrier: dict[str, str]) -> str:
+    """Runs one operation's step under its trace context; transient failures retry, the last one fails it."""
     backend: Backend = ctx["backend"]
     settings: Settings = ctx["settings"]
-    token = otel_context.attach(propagate.extract(trace_carrier))
+    token = otel_context.attach(propagate.extract(carrier))
     try:
-        record = await pipeline.ingest_image(backend, tenant_id, operation_id)
+        record = await step(backend, tenant_id, operation_id)
         return f"state={record.state}"
     except Unavailable as exc:
         job_try = int(ctx.get("job_try", 1))
         if job_try < settings.job_max_tries:
             delay = backoff_seconds(job_try)
-            _log.warning("ingest %s/%s: %s; retry %d in %.1f s", tenant_id, operation_id, exc.reason, job_try, delay)
+            _log.warning("%s/%s: %s; retry %d in %.1f s", tenant_id, operation_id, exc.reason, job_try, delay)
             raise Retry(defer=delay) from exc
         await pipeline.fail_operation(backend, tenant_id, operation_id, exc)
         return "failed: dependency unavailable"
     finally:
         otel_context.detach(token)
+
+
+async def ingest_image(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
+    return await _run(ctx, pipeline.ingest_image, tenant_id, operation_id, trace_carrier)
+
+
+async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
+    return await _run(ctx, purge.purge_tenant, tenant_id, operation_id, trace_carrier)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -60,7 +74,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker``."""
     return {
-        "functions": [arq_func(ingest_image, name=INGEST_IMAGE_JOB)],
+        "functions": [arq_func(ingest_image, name=KIND_INGEST_IMAGE), arq_func(purge_tenant, name=KIND_PURGE_TENANT)],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

@@ -21,7 +21,6 @@ from deeplens.v1 import (
     search_service_pb2_grpc,
 )
 
-TENANT_METADATA_KEY = "x-deeplens-tenant"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_MESSAGE_BYTES = 40 * 1024 * 1024
 
@@ -48,8 +47,8 @@ def error_info(err: grpc.RpcError | status_pb2.Status) -> error_details_pb2.Erro
     return None
 
 
-def ingest_metadata(operation: operations_pb2.Operation) -> resources_pb2.IngestMetadata:
-    metadata = resources_pb2.IngestMetadata()
+def operation_metadata(operation: operations_pb2.Operation) -> resources_pb2.OperationMetadata:
+    metadata = resources_pb2.OperationMetadata()
     operation.metadata.Unpack(metadata)
     return metadata
 
@@ -61,17 +60,31 @@ def ingest_response(operation: operations_pb2.Operation) -> ingest_service_pb2.I
 
 
 class DeepLensClient:
-    """Calls DeepLens as one tenant. ``timeout`` is the default deadline per call, in seconds."""
+    """Calls DeepLens with one API key. ``timeout`` is the default deadline per call, in seconds.
 
-    def __init__(self, target: str, *, tenant: str, timeout: float = 30.0) -> None:
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._metadata = ((TENANT_METADATA_KEY, tenant),)
+    ``root_certificates`` (PEM) switches to TLS; add ``certificate_chain`` and ``private_key`` for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str,
+        timeout: float = 30.0,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+    ) -> None:
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if root_certificates is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout = timeout
         self.search = search_service_pb2_grpc.SearchServiceStub(self._channel)
         self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
@@ -89,9 +102,16 @@ class DeepLensClient:
     def close(self) -> None:
         self._channel.close()
 
-    def create_tenant(self, tenant_id: str, display_name: str = "") -> resources_pb2.Tenant:
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata (the credentials) for using the stubs directly."""
+        return self._metadata
+
+    def create_tenant(
+        self, tenant_id: str, display_name: str = "", limits: resources_pb2.TenantLimits | None = None
+    ) -> resources_pb2.Tenant:
         request = admin_service_pb2.CreateTenantRequest(
-            tenant_id=tenant_id, tenant=resources_pb2.Tenant(display_name=display_name)
+            tenant_id=tenant_id, tenant=resources_pb2.Tenant(display_name=display_name, limits=limits)
         )
         reply = self.admin.CreateTenant(request, metadata=self._metadata, timeout=self._timeout)
         return reply.tenant
@@ -100,6 +120,16 @@ class DeepLensClient:
         request = admin_service_pb2.GetTenantRequest(name=name)
         reply = self.admin.GetTenant(request, metadata=self._metadata, timeout=self._timeout)
         return reply.tenant
+
+    def create_api_key(
+        self, tenant: str, role: resources_pb2.Role.ValueType, display_name: str = ""
+    ) -> tuple[resources_pb2.ApiKey, str]:
+        """Creates a key for ``tenants/{tenant}``; returns it and its secret (shown only once)."""
+        request = admin_service_pb2.CreateApiKeyRequest(
+            parent=f"tenants/{tenant}", api_key=resources_pb2.ApiKey(role=role, display_name=display_name)
+        )
+        reply = self.admin.CreateApiKey(request, metadata=self._metadata, timeout=self._timeout)
+        return reply.api_key, reply.secret
 
     def ingest_image(
         self,

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from deeplens.client import DeepLensClient, error_info, ingest_metadata
+from deeplens.client import DeepLensClient, error_info, operation_metadata
 from deeplens.v1 import resources_pb2
 
 from deeplens_stack.photos import edited_copy, sample_photos
@@ -28,16 +28,19 @@ def run_demo(stack: Stack) -> int:
     timings = stack.up()
     print("   ready in %.1f s: " % (time.monotonic() - t0) + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
-    with DeepLensClient(stack.config.grpc_target, tenant=TENANT) as client:
+    with DeepLensClient(stack.config.grpc_target, api_key=stack.admin_key()) as admin:
         try:
-            client.create_tenant(TENANT, "DeepLens demo")
-            print(f"== Created tenant {TENANT!r}")
+            admin.create_tenant(TENANT, "DeepLens demo")
+            print(f"== Created tenant {TENANT!r} (as the platform administrator)")
         except grpc.RpcError as err:
             info = error_info(err)
             if info is None or info.reason != "TENANT_EXISTS":
                 raise
             print(f"== Tenant {TENANT!r} exists already")
+        key, secret = admin.create_api_key(TENANT, resources_pb2.ROLE_EDITOR, "demo")
+        print(f"== Created API key {key.name} (editor); the demo calls with it from here on")
 
+    with DeepLensClient(stack.config.grpc_target, api_key=secret) as client:
         photos = sample_photos()
         print(f"== Ingesting {len(photos)} photos from scikit-image into {PARENT}; the progress stream:")
         start = time.monotonic()
@@ -50,7 +53,7 @@ def run_demo(stack: Stack) -> int:
 
         def follow(name: str, op_name: str) -> None:
             for op in client.watch_operation(op_name, timeout=300):
-                meta = ingest_metadata(op)
+                meta = operation_metadata(op)
                 with lock:
                     print(f"   {time.monotonic() - start:6.2f}s  {name:<20} {_state(meta.state):<10} {meta.stage}")
                 if op.done:
@@ -85,7 +88,11 @@ def run_demo(stack: Stack) -> int:
         for rank, result in enumerate(reply.results, 1):
             print(f"   {rank:>4}  {result.score:6.3f}  {result.image.name}")
 
-    print(f"== The stack is still running at {stack.config.grpc_target}. Try:")
+    print(f"== The stack is still running at {stack.config.grpc_target}. Try, with the demo's editor key:")
     print(f"   .venv/bin/grpcurl -plaintext {stack.config.grpc_target} list")
+    print(
+        f"   .venv/bin/grpcurl -plaintext -H 'authorization: Bearer {secret}' -d '{{\"name\": \"tenants/{TENANT}\"}}' "
+        f"{stack.config.grpc_target} deeplens.v1.AdminService/GetTenant"
+    )
     print("   Stop everything with: python3 dev.py down")
     return 0 if found and ok == len(ops) else 1

@@ -9,6 +9,7 @@ import asyncio
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -138,10 +139,22 @@ class Stack:
         self.data_dir = self.config.data_dir.resolve()
         self.procs = ProcessTable(self.data_dir / "run", self.data_dir / "logs")
 
+    def admin_key(self) -> str:
+        """The stack's platform administrator API key, minted on first use and kept in the data directory."""
+        path = self.data_dir / "admin.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            token = f"dlk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(token)
+        return path.read_text().strip()
+
     # Environment for the processes the stack starts.
     def child_env(self) -> dict[str, str]:
         env = dict(self.config.environ)
         env.update(self.config.endpoints)
+        env["DEEPLENS_BOOTSTRAP_ADMIN_KEY"] = self.admin_key()
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -1,34 +1,224 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
 from deeplens.v1 import admin_service_pb2, admin_service_pb2_grpc
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from opentelemetry import propagate
 
-from deeplens_server.api.convert import tenant_to_proto
+from deeplens_server import operations, paging
+from deeplens_server.admin_repository import LIMIT_FIELDS
+from deeplens_server.api.convert import (
+    api_key_to_proto,
+    audit_to_proto,
+    collection_to_proto,
+    limits_from_proto,
+    tenant_to_proto,
+)
+from deeplens_server.auth import Role, mint_key
 from deeplens_server.backend import Backend
-from deeplens_server.names import check_tenant_id, parse_tenant
-from deeplens_server.tenancy import require_tenant
+from deeplens_server.errors import InvalidArgument
+from deeplens_server.names import check_collection_id, check_tenant_id, parse_api_key, parse_collection, parse_tenant
+from deeplens_server.tenancy import require_admin_of, require_reader_of, require_tenant
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_DISPLAY_NAME = 200
+_TENANT_ROLES = {int(r) for r in (Role.VIEWER, Role.UPLOADER, Role.EDITOR, Role.TENANT_ADMIN)}
+
+
+def _display_name(value: str, field: str) -> str:
+    if len(value) > MAX_DISPLAY_NAME or not value.isprintable():
+        raise InvalidArgument(
+            f"display_name must be at most {MAX_DISPLAY_NAME} printable characters",
+            field=field,
+            reason="INVALID_DISPLAY_NAME",
+        )
+    return value
+
+
+def _tenant_changes(request: admin_service_pb2.UpdateTenantRequest) -> dict[str, Any]:
+    paths = list(request.update_mask.paths) or ["display_name", "limits"]
+    changes: dict[str, Any] = {}
+    limits = limits_from_proto(request.tenant.limits)
+    for path in paths:
+        if path == "display_name":
+            changes["display_name"] = _display_name(request.tenant.display_name, "tenant.display_name")
+        elif path == "limits":
+            changes.update({f: getattr(limits, f) for f in LIMIT_FIELDS})
+        elif path.startswith("limits.") and path.removeprefix("limits.") in LIMIT_FIELDS:
+            changes[path.removeprefix("limits.")] = getattr(limits, path.removeprefix("limits."))
+        else:
+            raise InvalidArgument(f"cannot update {path!r}", field="update_mask", reason="INVALID_UPDATE_MASK")
+    if any(v < 0 for k, v in changes.items() if k in LIMIT_FIELDS):
+        raise InvalidArgument("limits must not be negative", field="tenant.limits", reason="INVALID_LIMIT")
+    return changes
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
 
+    # Tenants (platform administrators, by policy)
+
     async def CreateTenant(
         self, request: admin_service_pb2.CreateTenantRequest, context: Context
     ) -> admin_service_pb2.CreateTenantResponse:
         tenant_id = check_tenant_id(request.tenant_id)
-        # Until platform administrators exist, a caller may create only the tenant it identifies as.
-        require_tenant(tenant_id)
-        record = await self._backend.repo.create_tenant(tenant_id, request.tenant.display_name)
+        limits = limits_from_proto(request.tenant.limits)
+        if any(getattr(limits, f) < 0 for f in LIMIT_FIELDS):
+            raise InvalidArgument("limits must not be negative", field="tenant.limits", reason="INVALID_LIMIT")
+        display_name = _display_name(request.tenant.display_name, "tenant.display_name")
+        record = await self._backend.admin.create_tenant(tenant_id, display_name, limits)
         return admin_service_pb2.CreateTenantResponse(tenant=tenant_to_proto(record))
 
     async def GetTenant(
         self, request: admin_service_pb2.GetTenantRequest, context: Context
     ) -> admin_service_pb2.GetTenantResponse:
-        tenant = require_tenant(parse_tenant(request.name).tenant)
-        record = await self._backend.repo.get_tenant(tenant)
-        return admin_service_pb2.GetTenantResponse(tenant=tenant_to_proto(record))
+        tenant = require_reader_of(parse_tenant(request.name).tenant)
+        return admin_service_pb2.GetTenantResponse(tenant=tenant_to_proto(await self._backend.admin.get_tenant(tenant)))
+
+    async def ListTenants(
+        self, request: admin_service_pb2.ListTenantsRequest, context: Context
+    ) -> admin_service_pb2.ListTenantsResponse:
+        size = paging.page_size(request.page_size)
+        records = await self._backend.admin.list_tenants(
+            after=paging.decode(request.page_token), limit=size + 1, show_deleted=request.show_deleted
+        )
+        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        return admin_service_pb2.ListTenantsResponse(
+            tenants=[tenant_to_proto(r) for r in records[:size]], next_page_token=token
+        )
+
+    async def UpdateTenant(
+        self, request: admin_service_pb2.UpdateTenantRequest, context: Context
+    ) -> admin_service_pb2.UpdateTenantResponse:
+        tenant = parse_tenant(request.tenant.name, "tenant.name").tenant
+        record = await self._backend.admin.update_tenant(tenant, _tenant_changes(request), etag=request.tenant.etag)
+        return admin_service_pb2.UpdateTenantResponse(tenant=tenant_to_proto(record))
+
+    async def DeleteTenant(
+        self, request: admin_service_pb2.DeleteTenantRequest, context: Context
+    ) -> operations_pb2.Operation:
+        tenant = parse_tenant(request.name).tenant
+        await self._backend.admin.get_tenant(tenant)
+        record, _ = await self._backend.repo.create_operation(
+            tenant,
+            uuid.uuid4().hex,
+            kind=operations.KIND_PURGE_TENANT,
+            state=operations.PENDING,
+            total=1,
+            payload={"dry_run": not request.force, "delete_originals": request.delete_originals},
+            request_id=None,
+        )
+        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        await self._backend.queue.enqueue_operation(record.kind, tenant, record.id, carrier)
+        return operations.to_proto(record)
+
+    # Collections
+
+    async def CreateCollection(
+        self, request: admin_service_pb2.CreateCollectionRequest, context: Context
+    ) -> admin_service_pb2.CreateCollectionResponse:
+        tenant = require_tenant(parse_tenant(request.parent, "parent").tenant)
+        collection_id = check_collection_id(request.collection_id)
+        display_name = _display_name(request.collection.display_name, "collection.display_name")
+        record = await self._backend.admin.create_collection(tenant, collection_id, display_name)
+        return admin_service_pb2.CreateCollectionResponse(collection=collection_to_proto(record))
+
+    async def GetCollection(
+        self, request: admin_service_pb2.GetCollectionRequest, context: Context
+    ) -> admin_service_pb2.GetCollectionResponse:
+        name = parse_collection(request.name, "name")
+        tenant = require_tenant(name.tenant)
+        record = await self._backend.admin.get_collection(tenant, name.collection)
+        return admin_service_pb2.GetCollectionResponse(collection=collection_to_proto(record))
+
+    async def ListCollections(
+        self, request: admin_service_pb2.ListCollectionsRequest, context: Context
+    ) -> admin_service_pb2.ListCollectionsResponse:
+        tenant = require_tenant(parse_tenant(request.parent, "parent").tenant)
+        size = paging.page_size(request.page_size)
+        records = await self._backend.admin.list_collections(
+            tenant, after=paging.decode(request.page_token), limit=size + 1
+        )
+        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        return admin_service_pb2.ListCollectionsResponse(
+            collections=[collection_to_proto(r) for r in records[:size]], next_page_token=token
+        )
+
+    async def DeleteCollection(
+        self, request: admin_service_pb2.DeleteCollectionRequest, context: Context
+    ) -> admin_service_pb2.DeleteCollectionResponse:
+        name = parse_collection(request.name, "name")
+        tenant = require_tenant(name.tenant)
+        # Rows first: a vector without its row is never shown, so a failure in between hides nothing wrongly.
+        deleted = await self._backend.admin.delete_collection(tenant, name.collection, force=request.force)
+        if deleted:
+            await self._backend.vectors.delete(tenant, collection_id=name.collection)
+        return admin_service_pb2.DeleteCollectionResponse(deleted_images=deleted)
+
+    # API keys
+
+    async def CreateApiKey(
+        self, request: admin_service_pb2.CreateApiKeyRequest, context: Context
+    ) -> admin_service_pb2.CreateApiKeyResponse:
+        tenant = require_admin_of(parse_tenant(request.parent, "parent").tenant)
+        if int(request.api_key.role) not in _TENANT_ROLES:
+            raise InvalidArgument(
+                "role must be viewer, uploader, editor or tenant admin", field="api_key.role", reason="INVALID_ROLE"
+            )
+        tenant_record = await self._backend.admin.get_tenant(tenant)
+        if tenant_record.delete_time is not None:
+            raise InvalidArgument("the tenant is deleted", field="parent", reason="TENANT_DELETED")
+        key = mint_key()
+        record = await self._backend.admin.create_api_key(
+            tenant,
+            key.key_id,
+            request.api_key.role,
+            _display_name(request.api_key.display_name, "api_key.display_name"),
+            key.digest,
+        )
+        return admin_service_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(record), secret=key.token)
+
+    async def ListApiKeys(
+        self, request: admin_service_pb2.ListApiKeysRequest, context: Context
+    ) -> admin_service_pb2.ListApiKeysResponse:
+        tenant = require_admin_of(parse_tenant(request.parent, "parent").tenant)
+        size = paging.page_size(request.page_size)
+        records = await self._backend.admin.list_api_keys(
+            tenant, after=paging.decode(request.page_token), limit=size + 1
+        )
+        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        return admin_service_pb2.ListApiKeysResponse(
+            api_keys=[api_key_to_proto(r) for r in records[:size]], next_page_token=token
+        )
+
+    async def RevokeApiKey(
+        self, request: admin_service_pb2.RevokeApiKeyRequest, context: Context
+    ) -> admin_service_pb2.RevokeApiKeyResponse:
+        name = parse_api_key(request.name)
+        tenant = require_admin_of(name.tenant)
+        record = await self._backend.admin.revoke_api_key(tenant, name.key_id)
+        return admin_service_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(record))
+
+    # Audit log
+
+    async def ListAuditEvents(
+        self, request: admin_service_pb2.ListAuditEventsRequest, context: Context
+    ) -> admin_service_pb2.ListAuditEventsResponse:
+        tenant = require_admin_of(parse_tenant(request.parent, "parent").tenant)
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token)
+        if after is not None and not after.isdigit():
+            raise InvalidArgument("page_token is not valid", field="page_token", reason="INVALID_PAGE_TOKEN")
+        records = await self._backend.admin.list_audit(
+            tenant, before=int(after) if after is not None else None, limit=size + 1
+        )
+        token = paging.encode(str(records[size - 1].id)) if len(records) > size else ""
+        return admin_service_pb2.ListAuditEventsResponse(
+            audit_events=[audit_to_proto(r) for r in records[:size]], next_page_token=token
+        )

@@ -12,7 +12,7 @@ from deeplens_server import operations
 from deeplens_server.backend import Backend
 from deeplens_server.ingest import IngestRequest, submit_ingest
 from deeplens_server.names import parse_collection, parse_operation
-from deeplens_server.tenancy import require_tenant
+from deeplens_server.tenancy import require_reader_of, require_tenant
 from deeplens_server.watch import watch_operation
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -46,6 +46,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self, request: ingest_service_pb2.WatchOperationRequest, context: Context
     ) -> AsyncIterator[ingest_service_pb2.WatchOperationResponse]:
         name = parse_operation(request.name)
-        tenant = require_tenant(name.tenant)
+        tenant = require_reader_of(name.tenant)
         async for record in watch_operation(self._backend, tenant, name.operation):
             yield ingest_service_pb2.WatchOperationResponse(operation=operations.to_proto(record))

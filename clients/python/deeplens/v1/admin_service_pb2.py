@@ -23,9 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from deeplens.v1 import resources_pb2 as deeplens_dot_v1_dot_resources__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65\x65plens/v1/admin_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\"M\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x06tenant\x18\x02 \x01(\x0b\x32\x13.deeplens.v1.Tenant\";\n\x14\x43reateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.Tenant\" \n\x10GetTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.Tenant2\xaf\x01\n\x0c\x41\x64minService\x12S\n\x0c\x43reateTenant\x12 .deeplens.v1.CreateTenantRequest\x1a!.deeplens.v1.CreateTenantResponse\x12J\n\tGetTenant\x12\x1d.deeplens.v1.GetTenantRequest\x1a\x1e.deeplens.v1.GetTenantResponseBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65\x65plens/v1/admin_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\x1a#google/longrunning/operations.proto\x1a google/protobuf/field_mask.proto\"M\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x06tenant\x18\x02 \x01(\x0b\x32\x13.deeplens.v1.Tenant\";\n\x14\x43reateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.Tenant\" \n\x10GetTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.Tenant\"Q\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"T\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.deeplens.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x13UpdateTenantRequest\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.Tenant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x14UpdateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.Tenant\"L\n\x13\x44\x65leteTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x18\n\x10\x64\x65lete_originals\x18\x03 \x01(\x08\"\x9d\x01\n\x13PurgeTenantResponse\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\x0f\n\x07vectors\x18\x03 \x01(\x03\x12\x12\n\noperations\x18\x04 \x01(\x03\x12\x10\n\x08\x61pi_keys\x18\x05 \x01(\x03\x12\x16\n\x0eoriginal_files\x18\x06 \x01(\x03\x12\x16\n\x0eoriginal_bytes\x18\x07 \x01(\x03\"m\n\x17\x43reateCollectionRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x15\n\rcollection_id\x18\x02 \x01(\t\x12+\n\ncollection\x18\x03 \x01(\x0b\x32\x17.deeplens.v1.Collection\"G\n\x18\x43reateCollectionResponse\x12+\n\ncollection\x18\x01 \x01(\x0b\x32\x17.deeplens.v1.Collection\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15GetCollectionResponse\x12+\n\ncollection\x18\x01 \x01(\x0b\x32\x17.deeplens.v1.Collection\"O\n\x16ListCollectionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListCollectionsResponse\x12,\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x17.deeplens.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"2\n\x18\x44\x65leteCollectionResponse\x12\x16\n\x0e\x64\x65leted_images\x18\x01 \x01(\x03\"K\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12$\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x13.deeplens.v1.ApiKey\"L\n\x14\x43reateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"K\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x13ListApiKeysResponse\x12%\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.deeplens.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13RevokeApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x14RevokeApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.deeplens.v1.ApiKey\"O\n\x16ListAuditEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x17ListAuditEventsResponse\x12-\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x17.deeplens.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf9\x08\n\x0c\x41\x64minService\x12S\n\x0c\x43reateTenant\x12 .deeplens.v1.CreateTenantRequest\x1a!.deeplens.v1.CreateTenantResponse\x12J\n\tGetTenant\x12\x1d.deeplens.v1.GetTenantRequest\x1a\x1e.deeplens.v1.GetTenantResponse\x12P\n\x0bListTenants\x12\x1f.deeplens.v1.ListTenantsRequest\x1a .deeplens.v1.ListTenantsResponse\x12S\n\x0cUpdateTenant\x12 .deeplens.v1.UpdateTenantRequest\x1a!.deeplens.v1.UpdateTenantResponse\x12O\n\x0c\x44\x65leteTenant\x12 .deeplens.v1.DeleteTenantRequest\x1a\x1d.google.longrunning.Operation\x12_\n\x10\x43reateCollection\x12$.deeplens.v1.CreateCollectionRequest\x1a%.deeplens.v1.CreateCollectionResponse\x12V\n\rGetCollection\x12!.deeplens.v1.GetCollectionRequest\x1a\".deeplens.v1.GetCollectionResponse\x12\\\n\x0fListCollections\x12#.deeplens.v1.ListCollectionsRequest\x1a$.deeplens.v1.ListCollectionsResponse\x12_\n\x10\x44\x65leteCollection\x12$.deeplens.v1.DeleteCollectionRequest\x1a%.deeplens.v1.DeleteCollectionResponse\x12S\n\x0c\x43reateApiKey\x12 .deeplens.v1.CreateApiKeyRequest\x1a!.deeplens.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.deeplens.v1.ListApiKeysRequest\x1a .deeplens.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .deeplens.v1.RevokeApiKeyRequest\x1a!.deeplens.v1.RevokeApiKeyResponse\x12\\\n\x0fListAuditEvents\x12#.deeplens.v1.ListAuditEventsRequest\x1a$.deeplens.v1.ListAuditEventsResponseBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +35,58 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deeplens.v1.admin_service_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.deeplens.v1P\001Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1'
-  _globals['_CREATETENANTREQUEST']._serialized_start=77
-  _globals['_CREATETENANTREQUEST']._serialized_end=154
-  _globals['_CREATETENANTRESPONSE']._serialized_start=156
-  _globals['_CREATETENANTRESPONSE']._serialized_end=215
-  _globals['_GETTENANTREQUEST']._serialized_start=217
-  _globals['_GETTENANTREQUEST']._serialized_end=249
-  _globals['_GETTENANTRESPONSE']._serialized_start=251
-  _globals['_GETTENANTRESPONSE']._serialized_end=307
-  _globals['_ADMINSERVICE']._serialized_start=310
-  _globals['_ADMINSERVICE']._serialized_end=485
+  _globals['_CREATETENANTREQUEST']._serialized_start=148
+  _globals['_CREATETENANTREQUEST']._serialized_end=225
+  _globals['_CREATETENANTRESPONSE']._serialized_start=227
+  _globals['_CREATETENANTRESPONSE']._serialized_end=286
+  _globals['_GETTENANTREQUEST']._serialized_start=288
+  _globals['_GETTENANTREQUEST']._serialized_end=320
+  _globals['_GETTENANTRESPONSE']._serialized_start=322
+  _globals['_GETTENANTRESPONSE']._serialized_end=378
+  _globals['_LISTTENANTSREQUEST']._serialized_start=380
+  _globals['_LISTTENANTSREQUEST']._serialized_end=461
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=463
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=547
+  _globals['_UPDATETENANTREQUEST']._serialized_start=549
+  _globals['_UPDATETENANTREQUEST']._serialized_end=656
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=658
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=717
+  _globals['_DELETETENANTREQUEST']._serialized_start=719
+  _globals['_DELETETENANTREQUEST']._serialized_end=795
+  _globals['_PURGETENANTRESPONSE']._serialized_start=798
+  _globals['_PURGETENANTRESPONSE']._serialized_end=955
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=957
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1066
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=1068
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=1139
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1141
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1177
+  _globals['_GETCOLLECTIONRESPONSE']._serialized_start=1179
+  _globals['_GETCOLLECTIONRESPONSE']._serialized_end=1247
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1249
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1328
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1330
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1426
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1428
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1482
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=1484
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=1534
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1536
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1611
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1613
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1689
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1691
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1766
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1768
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1853
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1855
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1890
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1892
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1952
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1954
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2033
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2035
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2132
+  _globals['_ADMINSERVICE']._serialized_start=2135
+  _globals['_ADMINSERVICE']._serialized_end=3280
 # @@protoc_insertion_point(module_scope)

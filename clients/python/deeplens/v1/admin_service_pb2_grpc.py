@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from deeplens.v1 import admin_service_pb2 as deeplens_dot_v1_dot_admin__service__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -26,7 +27,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Administration of tenants.
+    """Administration: tenants (platform administrators), collections, API keys and the audit log (tenant
+    administrators; platform administrators may act on any tenant's keys).
     """
 
     def __init__(self, channel):
@@ -45,21 +47,155 @@ class AdminServiceStub:
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantResponse.FromString,
                 _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/deeplens.v1.AdminService/ListTenants',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/deeplens.v1.AdminService/UpdateTenant',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateTenantResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/deeplens.v1.AdminService/DeleteTenant',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/deeplens.v1.AdminService/CreateCollection',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionResponse.FromString,
+                _registered_method=True)
+        self.GetCollection = channel.unary_unary(
+                '/deeplens.v1.AdminService/GetCollection',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetCollectionResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/deeplens.v1.AdminService/ListCollections',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCollection = channel.unary_unary(
+                '/deeplens.v1.AdminService/DeleteCollection',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteCollectionRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/deeplens.v1.AdminService/CreateApiKey',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/deeplens.v1.AdminService/ListApiKeys',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/deeplens.v1.AdminService/RevokeApiKey',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/deeplens.v1.AdminService/ListAuditEvents',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Administration of tenants.
+    """Administration: tenants (platform administrators), collections, API keys and the audit log (tenant
+    administrators; platform administrators may act on any tenant's keys).
     """
 
     def CreateTenant(self, request, context):
-        """Creates a tenant. ALREADY_EXISTS if the id is taken.
+        """Creates a tenant. Platform administrators only. ALREADY_EXISTS if the id is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTenant(self, request, context):
-        """Gets a tenant. A caller sees only its own tenant.
+        """Gets a tenant: platform administrators any, everyone else their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Lists tenants, oldest first. Platform administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenant(self, request, context):
+        """Updates a tenant's display name and limits. Platform administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Deletes a tenant: a purge operation that removes its images' rows, vectors and thumbnails (and, if asked,
+        the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
+        operation then only counts what would be removed. Response: `PurgeTenantResponse`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Creates a collection. Editors and above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCollection(self, request, context):
+        """Deletes a collection. FAILED_PRECONDITION if it still holds images, unless `force` is set, which deletes
+        them (rows and vectors) too. Editors and above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Creates an API key; the response carries the secret, which is never shown again. Tenant administrators
+        for their tenant, platform administrators for any tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes an API key at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Lists the tenant's audit log, newest first. Tenant administrators.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +214,61 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantResponse.SerializeToString,
             ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListTenantsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateTenantResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionResponse.SerializeToString,
+            ),
+            'GetCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollection,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetCollectionRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetCollectionResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DeleteCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCollection,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteCollectionRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'deeplens.v1.AdminService', rpc_method_handlers)
@@ -87,7 +278,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Administration of tenants.
+    """Administration: tenants (platform administrators), collections, API keys and the audit log (tenant
+    administrators; platform administrators may act on any tenant's keys).
     """
 
     @staticmethod
@@ -134,6 +326,303 @@ class AdminService:
             '/deeplens.v1.AdminService/GetTenant',
             deeplens_dot_v1_dot_admin__service__pb2.GetTenantRequest.SerializeToString,
             deeplens_dot_v1_dot_admin__service__pb2.GetTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ListTenants',
+            deeplens_dot_v1_dot_admin__service__pb2.ListTenantsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/UpdateTenant',
+            deeplens_dot_v1_dot_admin__service__pb2.UpdateTenantRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.UpdateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/DeleteTenant',
+            deeplens_dot_v1_dot_admin__service__pb2.DeleteTenantRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/CreateCollection',
+            deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/GetCollection',
+            deeplens_dot_v1_dot_admin__service__pb2.GetCollectionRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.GetCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ListCollections',
+            deeplens_dot_v1_dot_admin__service__pb2.ListCollectionsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/DeleteCollection',
+            deeplens_dot_v1_dot_admin__service__pb2.DeleteCollectionRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/CreateApiKey',
+            deeplens_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ListApiKeys',
+            deeplens_dot_v1_dot_admin__service__pb2.ListApiKeysRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/RevokeApiKey',
+            deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ListAuditEvents',
+            deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

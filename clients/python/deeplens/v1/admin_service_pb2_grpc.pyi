@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from deeplens.v1 import admin_service_pb2 as _admin_service_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -27,29 +28,87 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Administration of tenants."""
+    """Administration: tenants (platform administrators), collections, API keys and the audit log (tenant
+    administrators; platform administrators may act on any tenant's keys).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateTenant: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateTenantRequest, _admin_service_pb2.CreateTenantResponse]
-    """Creates a tenant. ALREADY_EXISTS if the id is taken."""
+    """Creates a tenant. Platform administrators only. ALREADY_EXISTS if the id is taken."""
     GetTenant: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetTenantRequest, _admin_service_pb2.GetTenantResponse]
-    """Gets a tenant. A caller sees only its own tenant."""
+    """Gets a tenant: platform administrators any, everyone else their own."""
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListTenantsRequest, _admin_service_pb2.ListTenantsResponse]
+    """Lists tenants, oldest first. Platform administrators only."""
+    UpdateTenant: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateTenantRequest, _admin_service_pb2.UpdateTenantResponse]
+    """Updates a tenant's display name and limits. Platform administrators only."""
+    DeleteTenant: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteTenantRequest, _operations_pb2.Operation]
+    """Deletes a tenant: a purge operation that removes its images' rows, vectors and thumbnails (and, if asked,
+    the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
+    operation then only counts what would be removed. Response: `PurgeTenantResponse`.
+    """
+    CreateCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]
+    """Creates a collection. Editors and above."""
+    GetCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]
+    ListCollections: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListCollectionsRequest, _admin_service_pb2.ListCollectionsResponse]
+    DeleteCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteCollectionRequest, _admin_service_pb2.DeleteCollectionResponse]
+    """Deletes a collection. FAILED_PRECONDITION if it still holds images, unless `force` is set, which deletes
+    them (rows and vectors) too. Editors and above.
+    """
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]
+    """Creates an API key; the response carries the secret, which is never shown again. Tenant administrators
+    for their tenant, platform administrators for any tenant.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]
+    """Revokes an API key at once."""
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]
+    """Lists the tenant's audit log, newest first. Tenant administrators."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Administration of tenants."""
+    """Administration: tenants (platform administrators), collections, API keys and the audit log (tenant
+    administrators; platform administrators may act on any tenant's keys).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTenant: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateTenantRequest, _admin_service_pb2.CreateTenantResponse]  # type: ignore[assignment]
-    """Creates a tenant. ALREADY_EXISTS if the id is taken."""
+    """Creates a tenant. Platform administrators only. ALREADY_EXISTS if the id is taken."""
     GetTenant: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetTenantRequest, _admin_service_pb2.GetTenantResponse]  # type: ignore[assignment]
-    """Gets a tenant. A caller sees only its own tenant."""
+    """Gets a tenant: platform administrators any, everyone else their own."""
+    ListTenants: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListTenantsRequest, _admin_service_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Lists tenants, oldest first. Platform administrators only."""
+    UpdateTenant: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateTenantRequest, _admin_service_pb2.UpdateTenantResponse]  # type: ignore[assignment]
+    """Updates a tenant's display name and limits. Platform administrators only."""
+    DeleteTenant: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteTenantRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Deletes a tenant: a purge operation that removes its images' rows, vectors and thumbnails (and, if asked,
+    the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
+    operation then only counts what would be removed. Response: `PurgeTenantResponse`.
+    """
+    CreateCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]  # type: ignore[assignment]
+    """Creates a collection. Editors and above."""
+    GetCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]  # type: ignore[assignment]
+    ListCollections: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListCollectionsRequest, _admin_service_pb2.ListCollectionsResponse]  # type: ignore[assignment]
+    DeleteCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteCollectionRequest, _admin_service_pb2.DeleteCollectionResponse]  # type: ignore[assignment]
+    """Deletes a collection. FAILED_PRECONDITION if it still holds images, unless `force` is set, which deletes
+    them (rows and vectors) too. Editors and above.
+    """
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """Creates an API key; the response carries the secret, which is never shown again. Tenant administrators
+    for their tenant, platform administrators for any tenant.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes an API key at once."""
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the tenant's audit log, newest first. Tenant administrators."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Administration of tenants."""
+    """Administration: tenants (platform administrators), collections, API keys and the audit log (tenant
+    administrators; platform administrators may act on any tenant's keys).
+    """
 
     @_abc_1.abstractmethod
     def CreateTenant(
@@ -57,7 +116,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.CreateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.CreateTenantResponse, _abc.Awaitable[_admin_service_pb2.CreateTenantResponse]]:
-        """Creates a tenant. ALREADY_EXISTS if the id is taken."""
+        """Creates a tenant. Platform administrators only. ALREADY_EXISTS if the id is taken."""
 
     @_abc_1.abstractmethod
     def GetTenant(
@@ -65,6 +124,98 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.GetTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetTenantResponse, _abc.Awaitable[_admin_service_pb2.GetTenantResponse]]:
-        """Gets a tenant. A caller sees only its own tenant."""
+        """Gets a tenant: platform administrators any, everyone else their own."""
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _admin_service_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListTenantsResponse, _abc.Awaitable[_admin_service_pb2.ListTenantsResponse]]:
+        """Lists tenants, oldest first. Platform administrators only."""
+
+    @_abc_1.abstractmethod
+    def UpdateTenant(
+        self,
+        request: _admin_service_pb2.UpdateTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UpdateTenantResponse, _abc.Awaitable[_admin_service_pb2.UpdateTenantResponse]]:
+        """Updates a tenant's display name and limits. Platform administrators only."""
+
+    @_abc_1.abstractmethod
+    def DeleteTenant(
+        self,
+        request: _admin_service_pb2.DeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Deletes a tenant: a purge operation that removes its images' rows, vectors and thumbnails (and, if asked,
+        the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
+        operation then only counts what would be removed. Response: `PurgeTenantResponse`.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateCollection(
+        self,
+        request: _admin_service_pb2.CreateCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateCollectionResponse, _abc.Awaitable[_admin_service_pb2.CreateCollectionResponse]]:
+        """Creates a collection. Editors and above."""
+
+    @_abc_1.abstractmethod
+    def GetCollection(
+        self,
+        request: _admin_service_pb2.GetCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetCollectionResponse, _abc.Awaitable[_admin_service_pb2.GetCollectionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCollections(
+        self,
+        request: _admin_service_pb2.ListCollectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListCollectionsResponse, _abc.Awaitable[_admin_service_pb2.ListCollectionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteCollection(
+        self,
+        request: _admin_service_pb2.DeleteCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.DeleteCollectionResponse, _abc.Awaitable[_admin_service_pb2.DeleteCollectionResponse]]:
+        """Deletes a collection. FAILED_PRECONDITION if it still holds images, unless `force` is set, which deletes
+        them (rows and vectors) too. Editors and above.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_service_pb2.CreateApiKeyResponse]]:
+        """Creates an API key; the response carries the secret, which is never shown again. Tenant administrators
+        for their tenant, platform administrators for any tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_service_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_service_pb2.RevokeApiKeyResponse]]:
+        """Revokes an API key at once."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_service_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEventsResponse]]:
+        """Lists the tenant's audit log, newest first. Tenant administrators."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -57,7 +57,7 @@ class IngestServiceServicer:
     def IngestImage(self, request, context):
         """Ingests one image. The bytes are checked (format, size, pixel count) before the operation is created;
         decoding, hashing, embedding and indexing run on a worker. The operation's response is an
-        `IngestImageResponse`, its metadata an `IngestMetadata`.
+        `IngestImageResponse`, its metadata an `OperationMetadata`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,7 @@ class IngestServiceStub:
     IngestImage: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.IngestImageRequest, _operations_pb2.Operation]
     """Ingests one image. The bytes are checked (format, size, pixel count) before the operation is created;
     decoding, hashing, embedding and indexing run on a worker. The operation's response is an
-    `IngestImageResponse`, its metadata an `IngestMetadata`.
+    `IngestImageResponse`, its metadata an `OperationMetadata`.
     """
     WatchOperation: _grpc.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationRequest, _ingest_service_pb2.WatchOperationResponse]
     """Streams an operation's progress: its current state first, then every change until it is done."""
@@ -54,7 +54,7 @@ class IngestServiceAsyncStub(IngestServiceStub):
     IngestImage: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.IngestImageRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """Ingests one image. The bytes are checked (format, size, pixel count) before the operation is created;
     decoding, hashing, embedding and indexing run on a worker. The operation's response is an
-    `IngestImageResponse`, its metadata an `IngestMetadata`.
+    `IngestImageResponse`, its metadata an `OperationMetadata`.
     """
     WatchOperation: _aio.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationRequest, _ingest_service_pb2.WatchOperationResponse]  # type: ignore[assignment]
     """Streams an operation's progress: its current state first, then every change until it is done."""
@@ -72,7 +72,7 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
         """Ingests one image. The bytes are checked (format, size, pixel count) before the operation is created;
         decoding, hashing, embedding and indexing run on a worker. The operation's response is an
-        `IngestImageResponse`, its metadata an `IngestMetadata`.
+        `IngestImageResponse`, its metadata an `OperationMetadata`.
         """
 
     @_abc_1.abstractmethod

@@ -20,6 +20,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_VIEWER: _Role.ValueType  # 1
+    """Search and read."""
+    ROLE_UPLOADER: _Role.ValueType  # 2
+    """Also ingest."""
+    ROLE_EDITOR: _Role.ValueType  # 3
+    """Also delete images and collections and resolve duplicates."""
+    ROLE_TENANT_ADMIN: _Role.ValueType  # 4
+    """Also manage the tenant's API keys, settings and audit log."""
+    ROLE_PLATFORM_ADMIN: _Role.ValueType  # 5
+    """Manages tenants; holds no tenant's data."""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """What an API key may do. Each role includes the ones below it."""
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_VIEWER: Role.ValueType  # 1
+"""Search and read."""
+ROLE_UPLOADER: Role.ValueType  # 2
+"""Also ingest."""
+ROLE_EDITOR: Role.ValueType  # 3
+"""Also delete images and collections and resolve duplicates."""
+ROLE_TENANT_ADMIN: Role.ValueType  # 4
+"""Also manage the tenant's API keys, settings and audit log."""
+ROLE_PLATFORM_ADMIN: Role.ValueType  # 5
+"""Manages tenants; holds no tenant's data."""
+Global___Role: _TypeAlias = Role  # noqa: Y015
+
 class _OperationState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -63,10 +97,98 @@ class Tenant(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `tenants/{tenant}`."""
     display_name: _builtins.str
     """Human-readable name."""
+    etag: _builtins.str
+    """Changes with every update; give it back in UpdateTenant to refuse lost updates (AIP-154)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp:
+        """Set once the tenant is deleted (its data is purged; the name stays reserved)."""
+
+    @_builtins.property
+    def limits(self) -> Global___TenantLimits: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
+        limits: Global___TenantLimits | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "limits", b"limits", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "etag", b"etag", "limits", b"limits", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
+
+@_typing.final
+class TenantLimits(_message.Message):
+    """Per-tenant limits. Zero means "the server's default"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_IMAGES_FIELD_NUMBER: _builtins.int
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_OPERATIONS_FIELD_NUMBER: _builtins.int
+    max_images: _builtins.int
+    """Images the tenant may hold in the index."""
+    max_image_bytes: _builtins.int
+    """Largest accepted encoded image, in bytes."""
+    max_image_pixels: _builtins.int
+    """Largest accepted image, in pixels (width x height)."""
+    requests_per_second: _builtins.int
+    """Sustained requests per second (a token bucket with a burst of twice this)."""
+    max_concurrent_operations: _builtins.int
+    """Operations that may be pending or running at once."""
+    def __init__(
+        self,
+        *,
+        max_images: _builtins.int = ...,
+        max_image_bytes: _builtins.int = ...,
+        max_image_pixels: _builtins.int = ...,
+        requests_per_second: _builtins.int = ...,
+        max_concurrent_operations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_operations", b"max_concurrent_operations", "max_image_bytes", b"max_image_bytes", "max_image_pixels", b"max_image_pixels", "max_images", b"max_images", "requests_per_second", b"requests_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantLimits: _TypeAlias = TenantLimits  # noqa: Y015
+
+@_typing.final
+class Collection(_message.Message):
+    """A named group of images inside a tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    IMAGE_COUNT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `tenants/{tenant}/collections/{collection}`."""
+    display_name: _builtins.str
+    image_count: _builtins.int
+    """Images in the collection (computed on read)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -75,14 +197,99 @@ class Tenant(_message.Message):
         name: _builtins.str = ...,
         display_name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        image_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "image_count", b"image_count", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
+Global___Collection: _TypeAlias = Collection  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    """An API key. The secret is shown once, at creation; only its hash is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_USE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `tenants/{tenant}/apiKeys/{api_key}`, or `platform/apiKeys/{api_key}`."""
+    display_name: _builtins.str
+    role: Global___Role.ValueType
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """Set once revoked; a revoked key authenticates nothing."""
+
+    @_builtins.property
+    def last_use_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        last_use_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_use_time", b"last_use_time", "revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "last_use_time", b"last_use_time", "name", b"name", "revoke_time", b"revoke_time", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """One mutation, as recorded in the audit log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `tenants/{tenant}/auditEvents/{event}`."""
+    actor: _builtins.str
+    """The API key that made the call."""
+    method: _builtins.str
+    """The RPC, e.g. `deeplens.v1.AdminService/CreateApiKey`."""
+    resource: _builtins.str
+    """The main resource the call named."""
+    outcome: _builtins.str
+    """The outcome as a canonical status code name ("OK", "PERMISSION_DENIED", ...)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        method: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "method", b"method", "name", b"name", "outcome", b"outcome", "resource", b"resource", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
 class Image(_message.Message):
@@ -149,8 +356,8 @@ class Image(_message.Message):
 Global___Image: _TypeAlias = Image  # noqa: Y015
 
 @_typing.final
-class IngestMetadata(_message.Message):
-    """Metadata of ingest operations (`google.longrunning.Operation.metadata`)."""
+class OperationMetadata(_message.Message):
+    """Metadata of every DeepLens operation (`google.longrunning.Operation.metadata`)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -197,4 +404,4 @@ class IngestMetadata(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IngestMetadata: _TypeAlias = IngestMetadata  # noqa: Y015
+Global___OperationMetadata: _TypeAlias = OperationMetadata  # noqa: Y015
