@@ -48,10 +48,10 @@ class AccessControl:
         # Unknown id and wrong secret look the same to the caller.
         if record is None or not auth.verify(token, record.secret_sha256):
             raise Unauthenticated("the API key is not valid", reason="INVALID_CREDENTIALS")
-        if record.key.revoke_time is not None:
-            raise Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
         if record.tenant_deleted:
             raise Unauthenticated("the API key's tenant was deleted", reason="TENANT_DELETED")
+        if record.key.revoke_time is not None:
+            raise Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
         await self._admin.touch_api_key(record.key.id)
         principal = Principal(key_id=record.key.id, tenant=record.key.tenant_id, role=Role(record.key.role))
         return principal, record.requests_per_second
