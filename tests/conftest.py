@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from deeplens.client import DeepLensClient
 from deeplens.v1 import resources_pb2
@@ -67,3 +72,36 @@ def new_tenant(
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     return sample_photos()
+
+
+def start_extra_server(stack: Stack, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A second ``deeplens-server`` on the stack's stores, listening on ``port``, with extra environment."""
+    full = stack.child_env()
+    full["DEEPLENS_GRPC_LISTEN"] = f"127.0.0.1:{port}"
+    full.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deeplens_server"], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def stop_process(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output or ""
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

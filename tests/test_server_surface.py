@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +16,7 @@ from deeplens.v1 import resources_pb2
 from deeplens_stack import Stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ClientFactory, new_tenant
+from tests.conftest import ClientFactory, new_tenant, start_extra_server, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,40 +78,21 @@ def test_health_reports_each_service(stack: Stack) -> None:
 @pytest.mark.stack
 def test_sigterm_drains_and_exits_cleanly(stack: Stack) -> None:
     """A second server on the same stack: SIGTERM makes it stop serving and exit 0 within the grace period."""
-    env = stack.child_env()
     port = stack.config.ports["grpc"] + 7
-    env["DEEPLENS_GRPC_LISTEN"] = f"127.0.0.1:{port}"
-    env["DEEPLENS_SHUTDOWN_GRACE_SECONDS"] = "3"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deeplens_server"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_extra_server(stack, port, {"DEEPLENS_SHUTDOWN_GRACE_SECONDS": "3"})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "second server did not start"
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, output
-        assert "shutting down" in output
-        assert "stopped" in output
-        assert "Traceback" not in output
+            wait_until(
+                lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1, 60, "the second server"
+            )
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        output = stop_process(proc)
+    assert proc.returncode == 0, output
+    assert "shutting down" in output
+    assert "stopped" in output
+    assert "Traceback" not in output
 
 
 def test_generated_code_is_fresh() -> None:

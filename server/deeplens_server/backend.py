@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from deeplens_server.admin_repository import AdminRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
 from deeplens_server.embedder import Embedder
+from deeplens_server.errors import Unavailable
 from deeplens_server.events import EventLog
 from deeplens_server.imaging import ImageLimits
 from deeplens_server.queue import JobQueue
@@ -36,7 +38,21 @@ class Backend:
         return ImageLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
 
     @classmethod
-    async def open(cls, settings: Settings, *, model_ready_timeout: float = 120.0) -> Backend:
+    async def open(cls, settings: Settings, *, timeout: float = 120.0) -> Backend:
+        """Connects to every dependency, retrying while they come up, for at most ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                return await cls._open(settings, model_ready_timeout=max(1.0, deadline - loop.time()))
+            except Unavailable as exc:
+                if loop.time() >= deadline:
+                    raise
+                _log.warning("a dependency is not ready yet (%s); retrying", exc.message)
+                await asyncio.sleep(1.0)
+
+    @classmethod
+    async def _open(cls, settings: Settings, *, model_ready_timeout: float) -> Backend:
         repo = await Repository.connect(settings.postgres_dsn, max_size=settings.postgres_pool_max)
         vectors = VectorIndex(
             settings.milvus_uri,
@@ -45,12 +61,18 @@ class Backend:
             version=settings.embedding_model_version,
             dim=settings.embedding_dim,
         )
-        await vectors.open()
         embedder = Embedder(
             settings.triton_url, model=settings.embedding_model, version=settings.embedding_model_version
         )
-        await embedder.wait_ready(model_ready_timeout)
-        queue = await JobQueue.connect(settings.redis_url, settings.queue_name)
+        try:
+            await vectors.open()
+            await embedder.wait_ready(model_ready_timeout)
+            queue = await JobQueue.connect(settings.redis_url, settings.queue_name)
+        except BaseException:
+            await embedder.close()
+            await vectors.close()
+            await repo.close()
+            raise
         events = EventLog(queue.redis, maxlen=settings.event_stream_maxlen)
         _log.info("backend ready: model %s, vectors in %s", embedder.model_id, vectors.collection)
         return cls(

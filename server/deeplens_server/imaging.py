@@ -71,6 +71,8 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _reject("the image declares far too many pixels", "IMAGE_TOO_MANY_PIXELS") from exc
     except Exception as exc:
         raise _reject("the bytes are not a readable image", "IMAGE_UNDECODABLE") from exc
     if img.format not in ALLOWED_FORMATS:

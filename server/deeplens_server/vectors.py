@@ -73,7 +73,12 @@ class VectorIndex:
                     metric_type="COSINE",
                     params={"M": 16, "efConstruction": 200},
                 )
-                client.create_collection(self.collection, schema=schema, index_params=index)
+                try:
+                    client.create_collection(self.collection, schema=schema, index_params=index)
+                except MilvusException:
+                    # Another process (server or worker starting at the same moment) may have won the race.
+                    if not client.has_collection(self.collection):
+                        raise
             client.load_collection(self.collection)
         finally:
             client.close()
