@@ -161,6 +161,8 @@ def test_fuzzed_bytes_only_ever_decode_or_get_a_reason(data: bytes, seed: int) -
     rng = random.Random(seed)
     base = bytearray(_SMALL_JPEG if seed % 2 else _SMALL_PNG)
     for _ in range(rng.randint(1, 8)):  # mutate a real image: flip, drop or splice bytes
+        if not base:
+            break
         pos = rng.randrange(len(base))
         choice = rng.random()
         if choice < 0.5:

@@ -356,4 +356,114 @@ class AdminRepository:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM images WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM collections WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM storage_locations WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM operations WHERE tenant_id = $1 AND id <> $2", tenant_id, keep_operation)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLocationRecord:
+    tenant_id: str
+    id: str
+    display_name: str
+    uri: str
+    options: dict[str, str]
+    credentials: bytes | None
+    credential_hints: dict[str, str]
+    create_time: datetime
+    update_time: datetime
+    version: int
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant_id}/storageLocations/{self.id}"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+_LOCATION_COLUMNS = (
+    "tenant_id, id, display_name, uri, options, credentials, credential_hints, create_time, update_time, version"
+)
+
+
+def _location(row: Any) -> StorageLocationRecord:
+    fields = dict(row)
+    fields["credentials"] = bytes(fields["credentials"]) if fields["credentials"] is not None else None
+    return StorageLocationRecord(**fields)
+
+
+class StorageLocationRepository:
+    """Storage locations; the caller seals credentials before they reach here."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, record: StorageLocationRecord) -> StorageLocationRecord:
+        row = await self._pool.fetchrow(
+            "INSERT INTO storage_locations (tenant_id, id, display_name, uri, options, credentials, credential_hints) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING {_LOCATION_COLUMNS}",
+            record.tenant_id,
+            record.id,
+            record.display_name,
+            record.uri,
+            record.options,
+            record.credentials,
+            record.credential_hints,
+        )
+        if row is None:
+            raise AlreadyExists(f"storage location {record.id!r} already exists", reason="STORAGE_LOCATION_EXISTS")
+        return _location(row)
+
+    async def get(self, tenant_id: str, location_id: str) -> StorageLocationRecord:
+        row = await self._pool.fetchrow(
+            f"SELECT {_LOCATION_COLUMNS} FROM storage_locations WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            location_id,
+        )
+        if row is None:
+            raise NotFound(
+                "storage location",
+                f"tenants/{tenant_id}/storageLocations/{location_id}",
+                reason="STORAGE_LOCATION_NOT_FOUND",
+            )
+        return _location(row)
+
+    async def list(self, tenant_id: str, *, after: str | None, limit: int) -> list[StorageLocationRecord]:
+        rows = await self._pool.fetch(
+            f"SELECT {_LOCATION_COLUMNS} FROM storage_locations WHERE tenant_id = $1 "
+            "AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3",
+            tenant_id,
+            after,
+            limit,
+        )
+        return [_location(r) for r in rows]
+
+    async def replace(self, record: StorageLocationRecord, *, expected_version: int) -> StorageLocationRecord:
+        row = await self._pool.fetchrow(
+            "UPDATE storage_locations SET display_name = $3, uri = $4, options = $5, credentials = $6, "
+            "credential_hints = $7, version = version + 1, update_time = now() "
+            f"WHERE tenant_id = $1 AND id = $2 AND version = $8 RETURNING {_LOCATION_COLUMNS}",
+            record.tenant_id,
+            record.id,
+            record.display_name,
+            record.uri,
+            record.options,
+            record.credentials,
+            record.credential_hints,
+            expected_version,
+        )
+        if row is None:
+            raise Aborted("the storage location changed concurrently; re-read it and retry", reason="ETAG_MISMATCH")
+        return _location(row)
+
+    async def delete(self, tenant_id: str, location_id: str) -> None:
+        result = await self._pool.execute(
+            "DELETE FROM storage_locations WHERE tenant_id = $1 AND id = $2", tenant_id, location_id
+        )
+        if result.endswith(" 0"):
+            raise NotFound(
+                "storage location",
+                f"tenants/{tenant_id}/storageLocations/{location_id}",
+                reason="STORAGE_LOCATION_NOT_FOUND",
+            )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from deeplens_server.admin_repository import AdminRepository
+from deeplens_server.admin_repository import AdminRepository, StorageLocationRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
 from deeplens_server.embedder import Embedder
@@ -17,6 +17,8 @@ from deeplens_server.events import EventLog
 from deeplens_server.imaging import ImageLimits
 from deeplens_server.queue import JobQueue
 from deeplens_server.repository import Repository
+from deeplens_server.sealing import Sealer
+from deeplens_server.storage import StoragePolicy
 from deeplens_server.vectors import VectorIndex
 
 _log = logging.getLogger(__name__)
@@ -27,11 +29,20 @@ class Backend:
     settings: Settings
     repo: Repository
     admin: AdminRepository
+    locations: StorageLocationRepository
+    sealer: Sealer
     vectors: VectorIndex
     embedder: Embedder
     events: EventLog
     queue: JobQueue
     blobs: BlobStore
+
+    @property
+    def storage_policy(self) -> StoragePolicy:
+        return StoragePolicy(
+            local_roots=tuple(p.resolve() for p in self.settings.local_storage_roots),
+            allow_private_endpoints=self.settings.allow_private_endpoints,
+        )
 
     @property
     def limits(self) -> ImageLimits:
@@ -76,7 +87,16 @@ class Backend:
         events = EventLog(queue.redis, maxlen=settings.event_stream_maxlen)
         _log.info("backend ready: model %s, vectors in %s", embedder.model_id, vectors.collection)
         return cls(
-            settings, repo, AdminRepository(repo.pool), vectors, embedder, events, queue, BlobStore(settings.blob_root)
+            settings=settings,
+            repo=repo,
+            admin=AdminRepository(repo.pool),
+            locations=StorageLocationRepository(repo.pool),
+            sealer=Sealer(settings.master_keys.get_secret_value()),
+            vectors=vectors,
+            embedder=embedder,
+            events=events,
+            queue=queue,
+            blobs=BlobStore(settings.blob_root),
         )
 
     @property

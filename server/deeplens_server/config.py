@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     # A platform administrator key (``dlk_...``) installed at server start, for bootstrapping.
     bootstrap_admin_key: SecretStr = SecretStr("")
 
+    # Master keys sealing tenant credentials at rest: `id:<base64 of 32 bytes>[,...]`, the first one active.
+    master_keys: SecretStr = SecretStr("")
+    # Directories under which tenants may register file:// storage locations (none by default).
+    local_storage_roots: list[Path] = []
+    # Whether storage endpoints may resolve to private, loopback or link-local addresses.
+    allow_private_endpoints: bool = False
+
     # TLS for the gRPC endpoint; with a client CA, clients must present a certificate it signed (mTLS).
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -135,3 +135,14 @@ def parse_api_key(value: str, field: str = "name") -> ApiKeyName:
 
 def check_collection_id(value: str, field: str = "collection_id") -> str:
     return parse_collection(f"tenants/placeholder/collections/{value}", field).collection
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLocationName:
+    tenant: str
+    location: str
+
+
+def parse_storage_location(value: str, field: str = "name") -> StorageLocationName:
+    tenant, location = _parts(value, field, "tenants/{tenant}/storageLocations/{storage_location}", 2)
+    return StorageLocationName(check_tenant_id(tenant, field), check_collection_id(location, field))

@@ -40,5 +40,11 @@ POLICIES: dict[str, MethodPolicy] = {
     "/deeplens.v1.AdminService/CreateApiKey": MethodPolicy(_A, True),
     "/deeplens.v1.AdminService/ListApiKeys": MethodPolicy(_A, False),
     "/deeplens.v1.AdminService/RevokeApiKey": MethodPolicy(_A, True),
+    "/deeplens.v1.AdminService/CreateStorageLocation": MethodPolicy(_A, True),
+    "/deeplens.v1.AdminService/GetStorageLocation": MethodPolicy(_A, False),
+    "/deeplens.v1.AdminService/ListStorageLocations": MethodPolicy(_A, False),
+    "/deeplens.v1.AdminService/UpdateStorageLocation": MethodPolicy(_A, True),
+    "/deeplens.v1.AdminService/DeleteStorageLocation": MethodPolicy(_A, True),
+    "/deeplens.v1.AdminService/TestStorageLocation": MethodPolicy(_A, False),
     "/deeplens.v1.AdminService/ListAuditEvents": MethodPolicy(_A, False),
 }

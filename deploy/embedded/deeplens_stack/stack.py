@@ -6,7 +6,9 @@ of being started (``DEEPLENS_POSTGRES_DSN``, ``DEEPLENS_REDIS_URL``, ``DEEPLENS_
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
+import json
 import os
 import pwd
 import secrets
@@ -141,20 +143,34 @@ class Stack:
 
     def admin_key(self) -> str:
         """The stack's platform administrator API key, minted on first use and kept in the data directory."""
-        path = self.data_dir / "admin.key"
+        return self._secret_file("admin.key", lambda: f"dlk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}")
+
+    def _secret_file(self, name: str, make: Callable[[], str]) -> str:
+        path = self.data_dir / name
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            token = f"dlk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
-                out.write(token)
+                out.write(make())
         return path.read_text().strip()
+
+    @property
+    def local_storage_root(self) -> Path:
+        """Where tenants of the embedded stack may register file:// storage locations."""
+        return self.data_dir / "byos"
 
     # Environment for the processes the stack starts.
     def child_env(self) -> dict[str, str]:
         env = dict(self.config.environ)
         env.update(self.config.endpoints)
         env["DEEPLENS_BOOTSTRAP_ADMIN_KEY"] = self.admin_key()
+        env.setdefault(
+            "DEEPLENS_MASTER_KEYS",
+            self._secret_file("master.keys", lambda: f"k1:{base64.b64encode(secrets.token_bytes(32)).decode()}"),
+        )
+        # A development stack talks to storage on this machine (MinIO, SeaweedFS, a folder); production doesn't.
+        env.setdefault("DEEPLENS_ALLOW_PRIVATE_ENDPOINTS", "true")
+        env.setdefault("DEEPLENS_LOCAL_STORAGE_ROOTS", json.dumps([str(self.local_storage_root)]))
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -8,7 +9,7 @@ from deeplens.v1 import admin_service_pb2, admin_service_pb2_grpc
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from opentelemetry import propagate
 
-from deeplens_server import operations, paging
+from deeplens_server import locations, operations, paging
 from deeplens_server.admin_repository import LIMIT_FIELDS
 from deeplens_server.api.convert import (
     api_key_to_proto,
@@ -20,7 +21,15 @@ from deeplens_server.api.convert import (
 from deeplens_server.auth import Role, mint_key
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
-from deeplens_server.names import check_collection_id, check_tenant_id, parse_api_key, parse_collection, parse_tenant
+from deeplens_server.names import (
+    check_collection_id,
+    check_tenant_id,
+    parse_api_key,
+    parse_collection,
+    parse_storage_location,
+    parse_tenant,
+)
+from deeplens_server.status import to_rpc_status
 from deeplens_server.tenancy import require_admin_of, require_reader_of, require_tenant
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -204,6 +213,64 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         tenant = require_admin_of(name.tenant)
         record = await self._backend.admin.revoke_api_key(tenant, name.key_id)
         return admin_service_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(record))
+
+    # Storage locations
+
+    async def CreateStorageLocation(
+        self, request: admin_service_pb2.CreateStorageLocationRequest, context: Context
+    ) -> admin_service_pb2.CreateStorageLocationResponse:
+        tenant = require_admin_of(parse_tenant(request.parent, "parent").tenant)
+        location_id = check_collection_id(request.storage_location_id, "storage_location_id")
+        _display_name(request.storage_location.display_name, "storage_location.display_name")
+        record = await locations.create(self._backend, tenant, location_id, request.storage_location)
+        return admin_service_pb2.CreateStorageLocationResponse(storage_location=locations.to_proto(record))
+
+    async def GetStorageLocation(
+        self, request: admin_service_pb2.GetStorageLocationRequest, context: Context
+    ) -> admin_service_pb2.GetStorageLocationResponse:
+        name = parse_storage_location(request.name)
+        record = await self._backend.locations.get(require_admin_of(name.tenant), name.location)
+        return admin_service_pb2.GetStorageLocationResponse(storage_location=locations.to_proto(record))
+
+    async def ListStorageLocations(
+        self, request: admin_service_pb2.ListStorageLocationsRequest, context: Context
+    ) -> admin_service_pb2.ListStorageLocationsResponse:
+        tenant = require_admin_of(parse_tenant(request.parent, "parent").tenant)
+        size = paging.page_size(request.page_size)
+        records = await self._backend.locations.list(tenant, after=paging.decode(request.page_token), limit=size + 1)
+        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        return admin_service_pb2.ListStorageLocationsResponse(
+            storage_locations=[locations.to_proto(r) for r in records[:size]], next_page_token=token
+        )
+
+    async def UpdateStorageLocation(
+        self, request: admin_service_pb2.UpdateStorageLocationRequest, context: Context
+    ) -> admin_service_pb2.UpdateStorageLocationResponse:
+        name = parse_storage_location(request.storage_location.name, "storage_location.name")
+        tenant = require_admin_of(name.tenant)
+        _display_name(request.storage_location.display_name, "storage_location.display_name")
+        record = await locations.update(
+            self._backend, tenant, name.location, request.storage_location, list(request.update_mask.paths)
+        )
+        return admin_service_pb2.UpdateStorageLocationResponse(storage_location=locations.to_proto(record))
+
+    async def DeleteStorageLocation(
+        self, request: admin_service_pb2.DeleteStorageLocationRequest, context: Context
+    ) -> admin_service_pb2.DeleteStorageLocationResponse:
+        name = parse_storage_location(request.name)
+        await self._backend.locations.delete(require_admin_of(name.tenant), name.location)
+        return admin_service_pb2.DeleteStorageLocationResponse()
+
+    async def TestStorageLocation(
+        self, request: admin_service_pb2.TestStorageLocationRequest, context: Context
+    ) -> admin_service_pb2.TestStorageLocationResponse:
+        name = parse_storage_location(request.name)
+        result = await locations.test(self._backend, require_admin_of(name.tenant), name.location)
+        reply = admin_service_pb2.TestStorageLocationResponse(ok=result.ok, objects_listed=result.objects_listed)
+        reply.latency.FromTimedelta(timedelta(seconds=result.latency_seconds))
+        if result.error is not None:
+            reply.error.CopyFrom(to_rpc_status(result.error))
+        return reply
 
     # Audit log
 

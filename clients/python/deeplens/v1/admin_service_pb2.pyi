@@ -6,9 +6,11 @@ isort:skip_file
 from collections import abc as _abc
 from deeplens.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -637,3 +639,279 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class CreateStorageLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    STORAGE_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`tenants/{tenant}`."""
+    storage_location_id: _builtins.str
+    """Lowercase letters, digits and '-', 1 to 63 characters, starting with a letter."""
+    @_builtins.property
+    def storage_location(self) -> _resources_pb2.StorageLocation: ...
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        storage_location_id: _builtins.str = ...,
+        storage_location: _resources_pb2.StorageLocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "storage_location", b"storage_location", "storage_location_id", b"storage_location_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStorageLocationRequest: _TypeAlias = CreateStorageLocationRequest  # noqa: Y015
+
+@_typing.final
+class CreateStorageLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage_location(self) -> _resources_pb2.StorageLocation: ...
+    def __init__(
+        self,
+        *,
+        storage_location: _resources_pb2.StorageLocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateStorageLocationResponse: _TypeAlias = CreateStorageLocationResponse  # noqa: Y015
+
+@_typing.final
+class GetStorageLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/storageLocations/{storage_location}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageLocationRequest: _TypeAlias = GetStorageLocationRequest  # noqa: Y015
+
+@_typing.final
+class GetStorageLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage_location(self) -> _resources_pb2.StorageLocation: ...
+    def __init__(
+        self,
+        *,
+        storage_location: _resources_pb2.StorageLocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageLocationResponse: _TypeAlias = GetStorageLocationResponse  # noqa: Y015
+
+@_typing.final
+class ListStorageLocationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`tenants/{tenant}`."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStorageLocationsRequest: _TypeAlias = ListStorageLocationsRequest  # noqa: Y015
+
+@_typing.final
+class ListStorageLocationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_LOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def storage_locations(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.StorageLocation]: ...
+    def __init__(
+        self,
+        *,
+        storage_locations: _abc.Iterable[_resources_pb2.StorageLocation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "storage_locations", b"storage_locations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStorageLocationsResponse: _TypeAlias = ListStorageLocationsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateStorageLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage_location(self) -> _resources_pb2.StorageLocation:
+        """With `name` set; `etag`, if set, must be current."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """`display_name`, `uri`, `options`, `credentials`. Empty means all four."""
+
+    def __init__(
+        self,
+        *,
+        storage_location: _resources_pb2.StorageLocation | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStorageLocationRequest: _TypeAlias = UpdateStorageLocationRequest  # noqa: Y015
+
+@_typing.final
+class UpdateStorageLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage_location(self) -> _resources_pb2.StorageLocation: ...
+    def __init__(
+        self,
+        *,
+        storage_location: _resources_pb2.StorageLocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["storage_location", b"storage_location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStorageLocationResponse: _TypeAlias = UpdateStorageLocationResponse  # noqa: Y015
+
+@_typing.final
+class DeleteStorageLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/storageLocations/{storage_location}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteStorageLocationRequest: _TypeAlias = DeleteStorageLocationRequest  # noqa: Y015
+
+@_typing.final
+class DeleteStorageLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteStorageLocationResponse: _TypeAlias = DeleteStorageLocationResponse  # noqa: Y015
+
+@_typing.final
+class TestStorageLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/storageLocations/{storage_location}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestStorageLocationRequest: _TypeAlias = TestStorageLocationRequest  # noqa: Y015
+
+@_typing.final
+class TestStorageLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    OBJECTS_LISTED_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """Whether listing under the prefix worked."""
+    objects_listed: _builtins.int
+    """Objects seen (0 or 1: the test lists at most one)."""
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why not, when not: a status with an ErrorInfo reason (STORAGE_ACCESS_DENIED, STORAGE_NOT_FOUND,
+        STORAGE_UNREACHABLE, ...).
+        """
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        error: _status_pb2.Status | None = ...,
+        objects_listed: _builtins.int = ...,
+        latency: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency", b"latency", "objects_listed", b"objects_listed", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestStorageLocationResponse: _TypeAlias = TestStorageLocationResponse  # noqa: Y015

@@ -97,6 +97,36 @@ class AdminServiceStub:
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateStorageLocation = channel.unary_unary(
+                '/deeplens.v1.AdminService/CreateStorageLocation',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateStorageLocationRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.CreateStorageLocationResponse.FromString,
+                _registered_method=True)
+        self.GetStorageLocation = channel.unary_unary(
+                '/deeplens.v1.AdminService/GetStorageLocation',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetStorageLocationRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetStorageLocationResponse.FromString,
+                _registered_method=True)
+        self.ListStorageLocations = channel.unary_unary(
+                '/deeplens.v1.AdminService/ListStorageLocations',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListStorageLocationsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListStorageLocationsResponse.FromString,
+                _registered_method=True)
+        self.UpdateStorageLocation = channel.unary_unary(
+                '/deeplens.v1.AdminService/UpdateStorageLocation',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateStorageLocationRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateStorageLocationResponse.FromString,
+                _registered_method=True)
+        self.DeleteStorageLocation = channel.unary_unary(
+                '/deeplens.v1.AdminService/DeleteStorageLocation',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteStorageLocationRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteStorageLocationResponse.FromString,
+                _registered_method=True)
+        self.TestStorageLocation = channel.unary_unary(
+                '/deeplens.v1.AdminService/TestStorageLocation',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.TestStorageLocationRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.TestStorageLocationResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/deeplens.v1.AdminService/ListAuditEvents',
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
@@ -194,6 +224,45 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateStorageLocation(self, request, context):
+        """Storage locations (bring your own storage). Tenant administrators. Credentials are write-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStorageLocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStorageLocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateStorageLocation(self, request, context):
+        """Updates `display_name`, `uri`, `options` or `credentials` (each replaced whole), per `update_mask`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteStorageLocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestStorageLocation(self, request, context):
+        """Connects with the stored settings and lists at most one object under the prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """Lists the tenant's audit log, newest first. Tenant administrators.
         """
@@ -263,6 +332,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'CreateStorageLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStorageLocation,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.CreateStorageLocationRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateStorageLocationResponse.SerializeToString,
+            ),
+            'GetStorageLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorageLocation,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetStorageLocationRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetStorageLocationResponse.SerializeToString,
+            ),
+            'ListStorageLocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStorageLocations,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListStorageLocationsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListStorageLocationsResponse.SerializeToString,
+            ),
+            'UpdateStorageLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateStorageLocation,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateStorageLocationRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.UpdateStorageLocationResponse.SerializeToString,
+            ),
+            'DeleteStorageLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteStorageLocation,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteStorageLocationRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteStorageLocationResponse.SerializeToString,
+            ),
+            'TestStorageLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestStorageLocation,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.TestStorageLocationRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.TestStorageLocationResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -596,6 +695,168 @@ class AdminService:
             '/deeplens.v1.AdminService/RevokeApiKey',
             deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
             deeplens_dot_v1_dot_admin__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStorageLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/CreateStorageLocation',
+            deeplens_dot_v1_dot_admin__service__pb2.CreateStorageLocationRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.CreateStorageLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorageLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/GetStorageLocation',
+            deeplens_dot_v1_dot_admin__service__pb2.GetStorageLocationRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.GetStorageLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStorageLocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ListStorageLocations',
+            deeplens_dot_v1_dot_admin__service__pb2.ListStorageLocationsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.ListStorageLocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateStorageLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/UpdateStorageLocation',
+            deeplens_dot_v1_dot_admin__service__pb2.UpdateStorageLocationRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.UpdateStorageLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteStorageLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/DeleteStorageLocation',
+            deeplens_dot_v1_dot_admin__service__pb2.DeleteStorageLocationRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.DeleteStorageLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestStorageLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/TestStorageLocation',
+            deeplens_dot_v1_dot_admin__service__pb2.TestStorageLocationRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.TestStorageLocationResponse.FromString,
             options,
             channel_credentials,
             insecure,

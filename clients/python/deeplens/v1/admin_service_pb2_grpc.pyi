@@ -64,6 +64,15 @@ class AdminServiceStub:
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]
     """Revokes an API key at once."""
+    CreateStorageLocation: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateStorageLocationRequest, _admin_service_pb2.CreateStorageLocationResponse]
+    """Storage locations (bring your own storage). Tenant administrators. Credentials are write-only."""
+    GetStorageLocation: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetStorageLocationRequest, _admin_service_pb2.GetStorageLocationResponse]
+    ListStorageLocations: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListStorageLocationsRequest, _admin_service_pb2.ListStorageLocationsResponse]
+    UpdateStorageLocation: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateStorageLocationRequest, _admin_service_pb2.UpdateStorageLocationResponse]
+    """Updates `display_name`, `uri`, `options` or `credentials` (each replaced whole), per `update_mask`."""
+    DeleteStorageLocation: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteStorageLocationRequest, _admin_service_pb2.DeleteStorageLocationResponse]
+    TestStorageLocation: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.TestStorageLocationRequest, _admin_service_pb2.TestStorageLocationResponse]
+    """Connects with the stored settings and lists at most one object under the prefix."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]
     """Lists the tenant's audit log, newest first. Tenant administrators."""
 
@@ -102,6 +111,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes an API key at once."""
+    CreateStorageLocation: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateStorageLocationRequest, _admin_service_pb2.CreateStorageLocationResponse]  # type: ignore[assignment]
+    """Storage locations (bring your own storage). Tenant administrators. Credentials are write-only."""
+    GetStorageLocation: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetStorageLocationRequest, _admin_service_pb2.GetStorageLocationResponse]  # type: ignore[assignment]
+    ListStorageLocations: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListStorageLocationsRequest, _admin_service_pb2.ListStorageLocationsResponse]  # type: ignore[assignment]
+    UpdateStorageLocation: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateStorageLocationRequest, _admin_service_pb2.UpdateStorageLocationResponse]  # type: ignore[assignment]
+    """Updates `display_name`, `uri`, `options` or `credentials` (each replaced whole), per `update_mask`."""
+    DeleteStorageLocation: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteStorageLocationRequest, _admin_service_pb2.DeleteStorageLocationResponse]  # type: ignore[assignment]
+    TestStorageLocation: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.TestStorageLocationRequest, _admin_service_pb2.TestStorageLocationResponse]  # type: ignore[assignment]
+    """Connects with the stored settings and lists at most one object under the prefix."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEventsRequest, _admin_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists the tenant's audit log, newest first. Tenant administrators."""
 
@@ -209,6 +227,51 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_service_pb2.RevokeApiKeyResponse]]:
         """Revokes an API key at once."""
+
+    @_abc_1.abstractmethod
+    def CreateStorageLocation(
+        self,
+        request: _admin_service_pb2.CreateStorageLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateStorageLocationResponse, _abc.Awaitable[_admin_service_pb2.CreateStorageLocationResponse]]:
+        """Storage locations (bring your own storage). Tenant administrators. Credentials are write-only."""
+
+    @_abc_1.abstractmethod
+    def GetStorageLocation(
+        self,
+        request: _admin_service_pb2.GetStorageLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetStorageLocationResponse, _abc.Awaitable[_admin_service_pb2.GetStorageLocationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListStorageLocations(
+        self,
+        request: _admin_service_pb2.ListStorageLocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListStorageLocationsResponse, _abc.Awaitable[_admin_service_pb2.ListStorageLocationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateStorageLocation(
+        self,
+        request: _admin_service_pb2.UpdateStorageLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UpdateStorageLocationResponse, _abc.Awaitable[_admin_service_pb2.UpdateStorageLocationResponse]]:
+        """Updates `display_name`, `uri`, `options` or `credentials` (each replaced whole), per `update_mask`."""
+
+    @_abc_1.abstractmethod
+    def DeleteStorageLocation(
+        self,
+        request: _admin_service_pb2.DeleteStorageLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.DeleteStorageLocationResponse, _abc.Awaitable[_admin_service_pb2.DeleteStorageLocationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def TestStorageLocation(
+        self,
+        request: _admin_service_pb2.TestStorageLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.TestStorageLocationResponse, _abc.Awaitable[_admin_service_pb2.TestStorageLocationResponse]]:
+        """Connects with the stored settings and lists at most one object under the prefix."""
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
