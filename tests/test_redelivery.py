@@ -46,7 +46,9 @@ async def test_redelivered_ingest_job_is_a_no_op(
     assert client.get_operation(done.name) == done  # not re-run: same state, counts and times
     conn = await asyncpg.connect(endpoints["DEEPLENS_POSTGRES_DSN"])
     try:
-        rows = await conn.fetchval("SELECT count(*) FROM images WHERE tenant_id = $1", tenant)
+        async with conn.transaction():  # row-level security: read in the tenant's scope
+            await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant)
+            rows = await conn.fetchval("SELECT count(*) FROM images WHERE tenant_id = $1", tenant)
     finally:
         await conn.close()
     assert rows == 1

@@ -60,7 +60,10 @@ def test_credentials_are_write_only_and_sealed_at_rest(
     async def stored() -> bytes:
         conn = await asyncpg.connect(stack.config.endpoints["DEEPLENS_POSTGRES_DSN"])
         try:
-            return bytes(await conn.fetchval("SELECT credentials FROM storage_locations WHERE tenant_id = $1", tenant))
+            async with conn.transaction():  # row-level security: read in the tenant's scope
+                await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant)
+                sql = "SELECT credentials FROM storage_locations WHERE tenant_id = $1"
+                return bytes(await conn.fetchval(sql, tenant))
         finally:
             await conn.close()
 

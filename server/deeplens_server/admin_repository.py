@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from deeplens_server.db import ScopedPool, scoped
 from deeplens_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 LIMIT_FIELDS = ("max_images", "max_image_bytes", "max_image_pixels", "requests_per_second", "max_concurrent_operations")
@@ -102,11 +103,13 @@ def _key(row: Any) -> ApiKeyRecord:
 class AdminRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._db = ScopedPool(pool)
 
     # Tenants
 
     async def create_tenant(self, tenant_id: str, display_name: str, limits: Limits) -> TenantRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             f"INSERT INTO tenants (id, display_name, {', '.join(LIMIT_FIELDS)}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
             f"ON CONFLICT (id) DO NOTHING RETURNING {_TENANT_COLUMNS}",
             tenant_id,
@@ -118,13 +121,14 @@ class AdminRepository:
         return _tenant(row)
 
     async def get_tenant(self, tenant_id: str) -> TenantRecord:
-        row = await self._pool.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = $1", tenant_id)
+        row = await self._db.fetchrow(tenant_id, f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = $1", tenant_id)
         if row is None:
             raise NotFound("tenant", f"tenants/{tenant_id}", reason="TENANT_NOT_FOUND")
         return _tenant(row)
 
     async def list_tenants(self, *, after: str | None, limit: int, show_deleted: bool) -> list[TenantRecord]:
-        rows = await self._pool.fetch(
+        rows = await self._db.fetch(
+            None,
             f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE ($1::text IS NULL OR id > $1) "
             "AND ($2 OR delete_time IS NULL) ORDER BY id LIMIT $3",
             after,
@@ -144,7 +148,8 @@ class AdminRepository:
             return current
         columns = list(changes)
         assignments = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(columns))
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             f"UPDATE tenants SET {assignments}, version = version + 1, update_time = now() "
             f"WHERE id = $1 AND version = $2 RETURNING {_TENANT_COLUMNS}",
             tenant_id,
@@ -158,12 +163,16 @@ class AdminRepository:
     # Collections
 
     async def ensure_collection(self, tenant_id: str, collection_id: str) -> None:
-        await self._pool.execute(
-            "INSERT INTO collections (tenant_id, id) VALUES ($1, $2) ON CONFLICT DO NOTHING", tenant_id, collection_id
+        await self._db.execute(
+            tenant_id,
+            "INSERT INTO collections (tenant_id, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            tenant_id,
+            collection_id,
         )
 
     async def create_collection(self, tenant_id: str, collection_id: str, display_name: str) -> CollectionRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             "INSERT INTO collections (tenant_id, id, display_name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING "
             "RETURNING tenant_id, id, display_name, create_time, 0::bigint AS image_count",
             tenant_id,
@@ -181,8 +190,8 @@ class AdminRepository:
     )
 
     async def get_collection(self, tenant_id: str, collection_id: str) -> CollectionRecord:
-        row = await self._pool.fetchrow(
-            self._COLLECTION_SELECT + "WHERE c.tenant_id = $1 AND c.id = $2", tenant_id, collection_id
+        row = await self._db.fetchrow(
+            tenant_id, self._COLLECTION_SELECT + "WHERE c.tenant_id = $1 AND c.id = $2", tenant_id, collection_id
         )
         if row is None:
             raise NotFound(
@@ -191,7 +200,8 @@ class AdminRepository:
         return CollectionRecord(**dict(row))
 
     async def list_collections(self, tenant_id: str, *, after: str | None, limit: int) -> list[CollectionRecord]:
-        rows = await self._pool.fetch(
+        rows = await self._db.fetch(
+            tenant_id,
             self._COLLECTION_SELECT
             + "WHERE c.tenant_id = $1 AND ($2::text IS NULL OR c.id > $2) ORDER BY c.id LIMIT $3",
             tenant_id,
@@ -202,7 +212,7 @@ class AdminRepository:
 
     async def delete_collection(self, tenant_id: str, collection_id: str, *, force: bool) -> int:
         """Deletes the collection's row and, with ``force``, its image rows. Returns images deleted."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with scoped(self._pool, tenant_id) as conn:
             exists = await conn.fetchval(
                 "SELECT 1 FROM collections WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, collection_id
             )
@@ -230,7 +240,8 @@ class AdminRepository:
     async def create_api_key(
         self, tenant_id: str | None, key_id: str, role: int, display_name: str, secret_sha256: bytes
     ) -> ApiKeyRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             "INSERT INTO api_keys (id, tenant_id, role, display_name, secret_sha256) VALUES ($1, $2, $3, $4, $5) "
             f"RETURNING {_KEY_COLUMNS}",
             key_id,
@@ -242,7 +253,8 @@ class AdminRepository:
         return _key(row)
 
     async def ensure_platform_key(self, key_id: str, display_name: str, secret_sha256: bytes, role: int) -> None:
-        await self._pool.execute(
+        await self._db.execute(
+            None,
             "INSERT INTO api_keys (id, tenant_id, role, display_name, secret_sha256) VALUES ($1, NULL, $2, $3, $4) "
             "ON CONFLICT (id) DO UPDATE SET secret_sha256 = EXCLUDED.secret_sha256, revoke_time = NULL "
             "WHERE api_keys.tenant_id IS NULL",
@@ -253,7 +265,8 @@ class AdminRepository:
         )
 
     async def key_for_auth(self, key_id: str) -> KeyForAuth | None:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            None,
             "SELECT k.id, k.tenant_id, k.role, k.display_name, k.create_time, k.revoke_time, k.last_use_time, "
             "k.secret_sha256, t.delete_time IS NOT NULL AS tenant_deleted, "
             "coalesce(t.requests_per_second, 0) AS requests_per_second "
@@ -266,14 +279,16 @@ class AdminRepository:
 
     async def touch_api_key(self, key_id: str) -> None:
         """Records use, at most once a minute per key."""
-        await self._pool.execute(
+        await self._db.execute(
+            None,
             "UPDATE api_keys SET last_use_time = now() WHERE id = $1 "
             "AND (last_use_time IS NULL OR last_use_time < now() - interval '1 minute')",
             key_id,
         )
 
     async def list_api_keys(self, tenant_id: str, *, after: str | None, limit: int) -> list[ApiKeyRecord]:
-        rows = await self._pool.fetch(
+        rows = await self._db.fetch(
+            tenant_id,
             f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND ($2::text IS NULL OR id > $2) "
             "ORDER BY id LIMIT $3",
             tenant_id,
@@ -283,7 +298,8 @@ class AdminRepository:
         return [_key(r) for r in rows]
 
     async def revoke_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             "UPDATE api_keys SET revoke_time = coalesce(revoke_time, now()) WHERE tenant_id = $1 AND id = $2 "
             f"RETURNING {_KEY_COLUMNS}",
             tenant_id,
@@ -296,7 +312,8 @@ class AdminRepository:
     # Audit log
 
     async def record_audit(self, tenant_id: str | None, actor: str, method: str, resource: str, outcome: str) -> None:
-        await self._pool.execute(
+        await self._db.execute(
+            tenant_id,
             "INSERT INTO audit_events (tenant_id, actor, method, resource, outcome) VALUES ($1, $2, $3, $4, $5)",
             tenant_id,
             actor,
@@ -306,7 +323,8 @@ class AdminRepository:
         )
 
     async def list_audit(self, tenant_id: str, *, before: int | None, limit: int) -> list[AuditRecord]:
-        rows = await self._pool.fetch(
+        rows = await self._db.fetch(
+            tenant_id,
             "SELECT id, tenant_id, actor, method, resource, outcome, time FROM audit_events "
             "WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
             tenant_id,
@@ -319,7 +337,8 @@ class AdminRepository:
 
     async def usage(self, tenant_id: str) -> tuple[int, int]:
         """(images held, operations pending or running)."""
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             "SELECT (SELECT count(*) FROM images WHERE tenant_id = $1) AS images, "
             "(SELECT count(*) FROM operations WHERE tenant_id = $1 AND end_time IS NULL) AS active",
             tenant_id,
@@ -330,7 +349,8 @@ class AdminRepository:
     # Purge
 
     async def purge_counts(self, tenant_id: str, keep_operation: str) -> dict[str, int]:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             "SELECT (SELECT count(*) FROM images WHERE tenant_id = $1) AS images, "
             "(SELECT count(*) FROM operations WHERE tenant_id = $1 AND id <> $2) AS operations, "
             "(SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoke_time IS NULL) AS api_keys",
@@ -342,7 +362,7 @@ class AdminRepository:
 
     async def mark_tenant_deleted(self, tenant_id: str) -> None:
         """Closes the tenant to every key at once; the purge then removes its data."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with scoped(self._pool, tenant_id) as conn:
             await conn.execute(
                 "UPDATE tenants SET delete_time = coalesce(delete_time, now()), update_time = now(), "
                 "version = version + 1 WHERE id = $1",
@@ -353,7 +373,7 @@ class AdminRepository:
             )
 
     async def purge_tenant_rows(self, tenant_id: str, keep_operation: str) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with scoped(self._pool, tenant_id) as conn:
             await conn.execute("DELETE FROM images WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM collections WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM storage_locations WHERE tenant_id = $1", tenant_id)
@@ -398,9 +418,11 @@ class StorageLocationRepository:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._db = ScopedPool(pool)
 
     async def create(self, record: StorageLocationRecord) -> StorageLocationRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            record.tenant_id,
             "INSERT INTO storage_locations (tenant_id, id, display_name, uri, options, credentials, credential_hints) "
             f"VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING {_LOCATION_COLUMNS}",
             record.tenant_id,
@@ -416,7 +438,8 @@ class StorageLocationRepository:
         return _location(row)
 
     async def get(self, tenant_id: str, location_id: str) -> StorageLocationRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             f"SELECT {_LOCATION_COLUMNS} FROM storage_locations WHERE tenant_id = $1 AND id = $2",
             tenant_id,
             location_id,
@@ -430,7 +453,8 @@ class StorageLocationRepository:
         return _location(row)
 
     async def list(self, tenant_id: str, *, after: str | None, limit: int) -> list[StorageLocationRecord]:
-        rows = await self._pool.fetch(
+        rows = await self._db.fetch(
+            tenant_id,
             f"SELECT {_LOCATION_COLUMNS} FROM storage_locations WHERE tenant_id = $1 "
             "AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3",
             tenant_id,
@@ -440,7 +464,8 @@ class StorageLocationRepository:
         return [_location(r) for r in rows]
 
     async def replace(self, record: StorageLocationRecord, *, expected_version: int) -> StorageLocationRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            record.tenant_id,
             "UPDATE storage_locations SET display_name = $3, uri = $4, options = $5, credentials = $6, "
             "credential_hints = $7, version = version + 1, update_time = now() "
             f"WHERE tenant_id = $1 AND id = $2 AND version = $8 RETURNING {_LOCATION_COLUMNS}",
@@ -458,8 +483,8 @@ class StorageLocationRepository:
         return _location(row)
 
     async def delete(self, tenant_id: str, location_id: str) -> None:
-        result = await self._pool.execute(
-            "DELETE FROM storage_locations WHERE tenant_id = $1 AND id = $2", tenant_id, location_id
+        result = await self._db.execute(
+            tenant_id, "DELETE FROM storage_locations WHERE tenant_id = $1 AND id = $2", tenant_id, location_id
         )
         if result.endswith(" 0"):
             raise NotFound(

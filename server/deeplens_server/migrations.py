@@ -27,6 +27,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Applies pending migrations; returns the names applied."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    # Migrations span tenants by nature: they run in the platform scope of row-level security.
+    await conn.execute("SET deeplens.scope = 'platform'")
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -42,5 +44,6 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             _log.info("applied migration %s", name)
             applied.append(name)
     finally:
+        await conn.execute("RESET deeplens.scope")
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,8 +11,11 @@ from typing import Any
 
 import asyncpg
 
+from deeplens_server.db import ScopedPool, scoped
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.migrations import migrate
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class Repository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._db = ScopedPool(pool)
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 10) -> Repository:
@@ -85,6 +90,12 @@ class Repository:
             raise Unavailable("PostgreSQL is unavailable") from exc
         async with pool.acquire() as conn:
             await migrate(conn)
+            if await conn.fetchval("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"):
+                _log.warning(
+                    "PostgreSQL role %r bypasses row-level security; connect as a role without SUPERUSER "
+                    "and BYPASSRLS so tenant isolation is enforced by the database too",
+                    await conn.fetchval("SELECT current_user"),
+                )
         return cls(pool)
 
     @property
@@ -111,7 +122,7 @@ class Repository:
         request_id: str | None,
     ) -> tuple[OperationRecord, bool]:
         """Inserts an operation; with a ``request_id`` seen before, returns the earlier one and False."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with scoped(self._pool, tenant_id) as conn:
             row = await conn.fetchrow(
                 "INSERT INTO operations (tenant_id, id, kind, state, total, payload, request_id) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7) "
@@ -133,8 +144,8 @@ class Repository:
             return _operation(row), False
 
     async def get_operation(self, tenant_id: str, operation_id: str) -> OperationRecord:
-        row = await self._pool.fetchrow(
-            "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2", tenant_id, operation_id
+        row = await self._db.fetchrow(
+            tenant_id, "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2", tenant_id, operation_id
         )
         if row is None:
             raise NotFound("operation", f"tenants/{tenant_id}/operations/{operation_id}", reason="OPERATION_NOT_FOUND")
@@ -143,7 +154,8 @@ class Repository:
     async def set_operation_stage(
         self, tenant_id: str, operation_id: str, *, state: int, stage: str
     ) -> OperationRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             "UPDATE operations SET state = $3, stage = $4, update_time = now() "
             "WHERE tenant_id = $1 AND id = $2 AND end_time IS NULL RETURNING *",
             tenant_id,
@@ -165,7 +177,7 @@ class Repository:
     ) -> OperationRecord:
         """Ends an operation, storing ``image`` in the same transaction. Finishing twice is a no-op."""
         succeeded = 1 if error is None else 0
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with scoped(self._pool, tenant_id) as conn:
             if image is not None:
                 await self._upsert_image(conn, image)
             row = await conn.fetchrow(
@@ -208,7 +220,8 @@ class Repository:
         )
 
     async def get_image(self, tenant_id: str, collection_id: str, image_id: str) -> ImageRecord:
-        row = await self._pool.fetchrow(
+        row = await self._db.fetchrow(
+            tenant_id,
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND collection_id = $2 AND image_id = $3",
             tenant_id,
             collection_id,
@@ -227,7 +240,8 @@ class Repository:
         keys = list(keys)
         if not keys:
             return {}
-        rows = await self._pool.fetch(
+        rows = await self._db.fetch(
+            tenant_id,
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND (collection_id, image_id) IN "
             "(SELECT * FROM unnest($2::text[], $3::text[]))",
             tenant_id,

@@ -37,6 +37,7 @@ from deeplens_stack.processes import ProcessTable
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA_DIR = REPO_ROOT / ".deeplens"
 POSTGRES_USER = "deeplens"
+POSTGRES_SUPERUSER = "postgres"
 POSTGRES_DB = "deeplens"
 # Unprivileged system account for PostgreSQL when the stack runs as root (postgres refuses root).
 POSTGRES_SYSTEM_USER = "deeplens-pg"
@@ -274,7 +275,7 @@ class Stack:
                     "-D",
                     str(pgdata),
                     "-U",
-                    POSTGRES_USER,
+                    POSTGRES_SUPERUSER,
                     "--auth=trust",
                     "--encoding=UTF8",
                     "--no-instructions",
@@ -301,11 +302,14 @@ class Stack:
         self.procs.start("postgres", args, env=self.child_env())
 
     def _ready_postgres(self, timeout: float) -> None:
-        dsn = f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.config.ports['postgres']}/postgres"
+        dsn = f"postgresql://{POSTGRES_SUPERUSER}@127.0.0.1:{self.config.ports['postgres']}/postgres"
 
         def probe() -> bool:
             async def check() -> bool:
-                conn = await asyncpg.connect(dsn, timeout=2)
+                try:
+                    conn = await asyncpg.connect(dsn, timeout=2)
+                except asyncpg.InvalidAuthorizationSpecificationError:
+                    return True  # it answered: a data directory from before, without that role
                 await conn.close()
                 return True
 
@@ -318,11 +322,20 @@ class Stack:
             return
 
         async def create() -> None:
-            dsn = f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.config.ports['postgres']}/postgres"
-            conn = await asyncpg.connect(dsn)
+            port = self.config.ports["postgres"]
             try:
+                conn = await asyncpg.connect(f"postgresql://{POSTGRES_SUPERUSER}@127.0.0.1:{port}/postgres")
+            except asyncpg.InvalidAuthorizationSpecificationError:
+                # A data directory made before the application role existed: its superuser is the app's user.
+                conn = await asyncpg.connect(f"postgresql://{POSTGRES_USER}@127.0.0.1:{port}/postgres")
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", POSTGRES_USER):
+                    # Not a superuser and no BYPASSRLS: row-level security applies to the application.
+                    await conn.execute(
+                        f'CREATE ROLE "{POSTGRES_USER}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS'
+                    )
                 if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_DB):
-                    await conn.execute(f'CREATE DATABASE "{POSTGRES_DB}"')
+                    await conn.execute(f'CREATE DATABASE "{POSTGRES_DB}" OWNER "{POSTGRES_USER}"')
             finally:
                 await conn.close()
 

@@ -1,0 +1,51 @@
+"""PostgreSQL enforces tenant isolation too: with row-level security, a query that forgets its tenant filter
+still sees only the rows of the tenant its transaction is scoped to — and none without a scope."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from deeplens.client import DeepLensClient
+from deeplens_stack import Stack
+
+from tests.conftest import ClientFactory, new_tenant
+
+pytestmark = pytest.mark.stack
+
+
+async def test_unfiltered_queries_see_only_the_scoped_tenant(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant_a, a = new_tenant(admin, connect)
+    tenant_b, b = new_tenant(admin, connect)
+    a.wait_operation(a.ingest_image(f"tenants/{tenant_a}/collections/c", photos["coffee"]).name, timeout=120)
+    b.wait_operation(b.ingest_image(f"tenants/{tenant_b}/collections/c", photos["rocket"]).name, timeout=120)
+
+    conn = await asyncpg.connect(stack.config.endpoints["DEEPLENS_POSTGRES_DSN"])  # the application's own role
+    try:
+        role = await conn.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        assert role is not None
+        assert (role["rolsuper"], role["rolbypassrls"]) == (False, False)
+
+        for table in ("images", "operations", "collections", "api_keys", "audit_events", "tenants"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table  # no scope: nothing
+
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant_a)
+            owners = {r["tenant_id"] for r in await conn.fetch("SELECT tenant_id FROM images")}
+            assert owners == {tenant_a}
+            assert {r["id"] for r in await conn.fetch("SELECT id FROM tenants")} == {tenant_a}
+            assert await conn.fetchval("SELECT count(*) FROM api_keys WHERE tenant_id IS NULL") == 0
+            # Writing a row for another tenant is refused by the policy's WITH CHECK.
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO collections (tenant_id, id) VALUES ($1, 'planted')", tenant_b)
+            # Updating the other tenant's rows touches nothing.
+            assert await conn.execute("UPDATE images SET tags = '{hijacked}'") == "UPDATE 1"
+
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant_b)
+            tags = [r["tags"] for r in await conn.fetch("SELECT tags FROM images")]
+            assert tags == [[]]
+    finally:
+        await conn.close()
