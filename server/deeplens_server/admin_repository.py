@@ -413,6 +413,12 @@ def _location(row: Any) -> StorageLocationRecord:
     return StorageLocationRecord(**fields)
 
 
+def _location_not_found(tenant_id: str, location_id: str) -> NotFound:
+    return NotFound(
+        "storage location", f"tenants/{tenant_id}/storageLocations/{location_id}", reason="STORAGE_LOCATION_NOT_FOUND"
+    )
+
+
 class StorageLocationRepository:
     """Storage locations; the caller seals credentials before they reach here."""
 
@@ -445,11 +451,7 @@ class StorageLocationRepository:
             location_id,
         )
         if row is None:
-            raise NotFound(
-                "storage location",
-                f"tenants/{tenant_id}/storageLocations/{location_id}",
-                reason="STORAGE_LOCATION_NOT_FOUND",
-            )
+            raise _location_not_found(tenant_id, location_id)
         return _location(row)
 
     async def list(self, tenant_id: str, *, after: str | None, limit: int) -> list[StorageLocationRecord]:
@@ -487,8 +489,4 @@ class StorageLocationRepository:
             tenant_id, "DELETE FROM storage_locations WHERE tenant_id = $1 AND id = $2", tenant_id, location_id
         )
         if result.endswith(" 0"):
-            raise NotFound(
-                "storage location",
-                f"tenants/{tenant_id}/storageLocations/{location_id}",
-                reason="STORAGE_LOCATION_NOT_FOUND",
-            )
+            raise _location_not_found(tenant_id, location_id)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from deeplens_server.errors import InvalidArgument
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -32,3 +36,10 @@ def decode(token: str) -> str | None:
     if not isinstance(value, str):
         raise InvalidArgument("page_token is not valid", field="page_token", reason="INVALID_PAGE_TOKEN")
     return value
+
+
+def split_page(records: Sequence[T], size: int, key: Callable[[T], str]) -> tuple[list[T], str]:
+    """Given up to ``size + 1`` records (one extra tells whether more exist): the page and the next token."""
+    if len(records) > size:
+        return list(records[:size]), encode(key(records[size - 1]))
+    return list(records), ""

@@ -95,10 +95,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         records = await self._backend.admin.list_tenants(
             after=paging.decode(request.page_token), limit=size + 1, show_deleted=request.show_deleted
         )
-        token = paging.encode(records[size - 1].id) if len(records) > size else ""
-        return admin_service_pb2.ListTenantsResponse(
-            tenants=[tenant_to_proto(r) for r in records[:size]], next_page_token=token
-        )
+        page, token = paging.split_page(records, size, key=lambda r: r.id)
+        return admin_service_pb2.ListTenantsResponse(tenants=[tenant_to_proto(r) for r in page], next_page_token=token)
 
     async def UpdateTenant(
         self, request: admin_service_pb2.UpdateTenantRequest, context: Context
@@ -154,9 +152,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         records = await self._backend.admin.list_collections(
             tenant, after=paging.decode(request.page_token), limit=size + 1
         )
-        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        page, token = paging.split_page(records, size, key=lambda r: r.id)
         return admin_service_pb2.ListCollectionsResponse(
-            collections=[collection_to_proto(r) for r in records[:size]], next_page_token=token
+            collections=[collection_to_proto(r) for r in page], next_page_token=token
         )
 
     async def DeleteCollection(
@@ -201,9 +199,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         records = await self._backend.admin.list_api_keys(
             tenant, after=paging.decode(request.page_token), limit=size + 1
         )
-        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        page, token = paging.split_page(records, size, key=lambda r: r.id)
         return admin_service_pb2.ListApiKeysResponse(
-            api_keys=[api_key_to_proto(r) for r in records[:size]], next_page_token=token
+            api_keys=[api_key_to_proto(r) for r in page], next_page_token=token
         )
 
     async def RevokeApiKey(
@@ -238,9 +236,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         tenant = require_admin_of(parse_tenant(request.parent, "parent").tenant)
         size = paging.page_size(request.page_size)
         records = await self._backend.locations.list(tenant, after=paging.decode(request.page_token), limit=size + 1)
-        token = paging.encode(records[size - 1].id) if len(records) > size else ""
+        page, token = paging.split_page(records, size, key=lambda r: r.id)
         return admin_service_pb2.ListStorageLocationsResponse(
-            storage_locations=[locations.to_proto(r) for r in records[:size]], next_page_token=token
+            storage_locations=[locations.to_proto(r) for r in page], next_page_token=token
         )
 
     async def UpdateStorageLocation(
@@ -285,7 +283,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         records = await self._backend.admin.list_audit(
             tenant, before=int(after) if after is not None else None, limit=size + 1
         )
-        token = paging.encode(str(records[size - 1].id)) if len(records) > size else ""
+        page, token = paging.split_page(records, size, key=lambda r: str(r.id))
         return admin_service_pb2.ListAuditEventsResponse(
-            audit_events=[audit_to_proto(r) for r in records[:size]], next_page_token=token
+            audit_events=[audit_to_proto(r) for r in page], next_page_token=token
         )
