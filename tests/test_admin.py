@@ -343,3 +343,22 @@ def test_platform_key_holds_no_tenant_data(
     )
     # What it may do: read the tenant itself.
     assert admin.get_tenant(f"tenants/{tenant}").name == f"tenants/{tenant}"
+
+
+def test_concurrent_operation_limit(admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]) -> None:
+    limits = resources_pb2.TenantLimits(max_concurrent_operations=1, requests_per_second=1000)
+    tenant, client = new_tenant(admin, connect, limits=limits)
+    parent = f"tenants/{tenant}/collections/c"
+    accepted, refused = [], []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle-left", "motorcycle-right"):
+        try:
+            accepted.append(client.ingest_image(parent, photos[name], image_id=name))
+        except grpc.RpcError as err:
+            refused.append(err)
+    assert accepted
+    assert refused  # submitted faster than one image is indexed: the second in flight is refused
+    assert {(e.code(), _reason(e)) for e in refused} == {(grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_OPERATIONS")}
+    for op in accepted:
+        assert not client.wait_operation(op.name, timeout=120).HasField("error")
+    # Once nothing is in flight, the next one is accepted again.
+    assert client.wait_operation(client.ingest_image(parent, photos["moon"]).name, timeout=120).done
