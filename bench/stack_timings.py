@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from deeplens.client import DeepLensClient
+from deeplens.v1 import resources_pb2
 from deeplens_stack import Stack, StackConfig
 from deeplens_stack.photos import edited_copy, sample_photos
 
@@ -44,8 +45,10 @@ def main() -> None:
             results["cold_start_s"] = round(time.monotonic() - t0, 2)
 
             photos = sample_photos()
-            with DeepLensClient(stack.config.grpc_target, tenant="bench", timeout=120) as client:
-                client.create_tenant("bench")
+            with DeepLensClient(stack.config.grpc_target, api_key=stack.admin_key()) as admin:
+                admin.create_tenant("bench", limits=resources_pb2.TenantLimits(requests_per_second=10_000))
+                _, secret = admin.create_api_key("bench", resources_pb2.ROLE_EDITOR)
+            with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=120) as client:
                 parent = "tenants/bench/collections/photos"
                 t0 = time.monotonic()
                 ops = [client.ingest_image(parent, data, image_id=name) for name, data in photos.items()]
