@@ -10,7 +10,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from deeplens.client import DeepLensClient
 from deeplens_server.config import Settings
-from deeplens_server.operations import KIND_INGEST_IMAGE
+from deeplens_server.queue import INGEST_ITEM_JOB
 from deeplens_server.vectors import collection_name
 from deeplens_stack import Stack
 from pymilvus import MilvusClient
@@ -35,11 +35,11 @@ async def test_redelivered_ingest_job_is_a_no_op(
     try:
         for _ in range(2):
             job = await redis.enqueue_job(
-                KIND_INGEST_IMAGE, tenant, operation_id, {}, _job_id=f"redelivery-{uuid.uuid4().hex}",
+                INGEST_ITEM_JOB, tenant, operation_id, 0, {}, _job_id=f"redelivery-{uuid.uuid4().hex}",
                 _queue_name=settings.queue_name,
             )  # fmt: skip
             assert job is not None
-            assert (await job.result(timeout=60)).startswith("state=")
+            assert await job.result(timeout=60) == "done"
     finally:
         await redis.aclose()
 

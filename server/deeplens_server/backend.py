@@ -15,6 +15,7 @@ from deeplens_server.embedder import Embedder
 from deeplens_server.errors import Unavailable
 from deeplens_server.events import EventLog
 from deeplens_server.imaging import ImageLimits
+from deeplens_server.operation_store import OperationStore
 from deeplens_server.queue import JobQueue
 from deeplens_server.repository import Repository
 from deeplens_server.sealing import Sealer
@@ -28,6 +29,7 @@ _log = logging.getLogger(__name__)
 class Backend:
     settings: Settings
     repo: Repository
+    ops: OperationStore
     admin: AdminRepository
     locations: StorageLocationRepository
     sealer: Sealer
@@ -89,6 +91,7 @@ class Backend:
         return cls(
             settings=settings,
             repo=repo,
+            ops=OperationStore(repo.pool),
             admin=AdminRepository(repo.pool),
             locations=StorageLocationRepository(repo.pool),
             sealer=Sealer(settings.master_keys.get_secret_value()),

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
 
     queue_name: str = "deeplens:queue"
     job_max_tries: int = 5
+    # A job's time limit. arq reclaims the job of a worker that died only after the longest limit + 10 s,
+    # so keep it short: one image, or one purge, fits well inside it.
+    job_timeout_seconds: int = 60
     event_stream_maxlen: int = 10_000
 
     # Defaults for tenants whose own limit is 0.

@@ -28,6 +28,11 @@ class OperationEvent:
     stage: str
 
 
+def _key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class EventLog:
     def __init__(self, redis: Redis, *, maxlen: int) -> None:
         self._redis = redis
@@ -55,6 +60,17 @@ class EventLog:
             return "0-0"
         event_id = newest[0][0]
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    async def trimmed_past(self, tenant_id: str, event_id: str) -> bool:
+        """Whether events after ``event_id`` may have been trimmed away (the oldest kept is newer)."""
+        try:
+            oldest = await self._redis.xrange(stream_key(tenant_id), count=1)
+        except RedisError as exc:
+            raise Unavailable("the event stream is unavailable") from exc
+        if not oldest:
+            return False
+        first = oldest[0][0].decode() if isinstance(oldest[0][0], bytes) else str(oldest[0][0])
+        return _key(first) > _key(event_id) and _key(event_id) != (0, 0)
 
     async def tail(self, tenant_id: str, after: str, *, block_ms: int) -> AsyncIterator[list[OperationEvent]]:
         """Yields batches of events after ``after``; an empty batch when ``block_ms`` passed with none."""

@@ -1,32 +1,35 @@
-"""Accepting an ingest: validate, keep the bytes, persist the operation, enqueue. Never waits for the work."""
+"""Accepting ingests: admit the tenant, check and keep each image's bytes, persist the operation with its
+items, enqueue one job per item. Never waits for the work."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from deeplens_server import operations
 from deeplens_server.admin_repository import Limits
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
-from deeplens_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from deeplens_server.errors import FailedPrecondition, ImageRejected, InvalidArgument, ResourceExhausted
 from deeplens_server.imaging import ImageLimits, content_sha256, inspect_image
 from deeplens_server.names import CollectionName, check_image_id
-from deeplens_server.repository import OperationRecord
+from deeplens_server.operation_store import OperationRecord
+from deeplens_server.status import to_rpc_status
 
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 128
 MAX_REQUEST_ID_LENGTH = 128
+MAX_ITEMS_PER_OPERATION = 100_000
 DEFAULT_ID_HEX_DIGITS = 32
 
 
 @dataclass(frozen=True, slots=True)
-class IngestRequest:
-    parent: CollectionName
+class ImageUpload:
     content: bytes
-    image_id: str
-    tags: list[str]
-    request_id: str
+    image_id: str = ""
+    tags: tuple[str, ...] = ()
 
 
 def effective_limits(settings: Settings, own: Limits) -> Limits:
@@ -40,7 +43,7 @@ def effective_limits(settings: Settings, own: Limits) -> Limits:
     )
 
 
-def _check_tags(tags: list[str]) -> list[str]:
+def _check_tags(tags: tuple[str, ...]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise InvalidArgument(f"at most {MAX_TAGS} tags", field="tags", reason="TOO_MANY_TAGS")
     for tag in tags:
@@ -51,17 +54,19 @@ def _check_tags(tags: list[str]) -> list[str]:
     return sorted(set(tags))
 
 
-async def submit_ingest(backend: Backend, request: IngestRequest, trace_carrier: dict[str, str]) -> OperationRecord:
-    """Creates (or, for a repeated ``request_id``, returns) the ingest operation for one image."""
-    tenant = request.parent.tenant
-    if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
+def _check_request_id(request_id: str) -> str | None:
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
         raise InvalidArgument("request_id is too long", field="request_id", reason="INVALID_REQUEST_ID")
-    tags = _check_tags(list(request.tags))
-    record_tenant = await backend.admin.get_tenant(tenant)
-    if record_tenant.delete_time is not None:
+    return request_id or None
+
+
+async def admit_tenant(backend: Backend, tenant: str) -> tuple[Limits, int, int]:
+    """The tenant's effective limits, images held and operations in flight; refuses a deleted tenant or
+    one at its limit of concurrent operations."""
+    record = await backend.admin.get_tenant(tenant)
+    if record.delete_time is not None:
         raise FailedPrecondition("the tenant is deleted", reason="TENANT_DELETED")
-    limits = effective_limits(backend.settings, record_tenant.limits)
-    header = inspect_image(request.content, ImageLimits(limits.max_image_bytes, limits.max_image_pixels))
+    limits = effective_limits(backend.settings, record.limits)
     images, active = await backend.admin.usage(tenant)
     if active >= limits.max_concurrent_operations:
         raise ResourceExhausted(
@@ -70,36 +75,97 @@ async def submit_ingest(backend: Backend, request: IngestRequest, trace_carrier:
             quota=f"tenants/{tenant}:max_concurrent_operations",
             retry_after=1.0,
         )
-    if images + active >= limits.max_images:
+    return limits, images, active
+
+
+def _check_quota(tenant: str, limits: Limits, held: int, active: int, adding: int) -> None:
+    if held + active + adding > limits.max_images:
         raise ResourceExhausted(
-            f"the tenant holds {images} images and {active} pending (limit {limits.max_images})",
+            f"the tenant holds {held} images, {active} operations are pending and this adds {adding} "
+            f"(limit {limits.max_images})",
             reason="IMAGE_QUOTA_EXCEEDED",
             quota=f"tenants/{tenant}:max_images",
         )
-    sha256 = content_sha256(request.content)
-    image_id = check_image_id(request.image_id) if request.image_id else sha256[:DEFAULT_ID_HEX_DIGITS]
-    storage_uri = await backend.blobs.put(tenant, sha256, request.content)
-    await backend.admin.ensure_collection(tenant, request.parent.collection)
-    record, created = await backend.repo.create_operation(
-        tenant,
-        uuid.uuid4().hex,
-        kind=operations.KIND_INGEST_IMAGE,
-        state=operations.PENDING,
-        total=1,
-        payload={
-            "collection_id": request.parent.collection,
-            "image_id": image_id,
-            "tags": tags,
-            "sha256": sha256,
-            "storage_uri": storage_uri,
-            "size_bytes": len(request.content),
-            "format": header.format,
-        },
-        request_id=request.request_id or None,
+
+
+async def stage_image(backend: Backend, parent: CollectionName, upload: ImageUpload, limits: Limits) -> dict[str, Any]:
+    """Checks one image's header against the limits and keeps its bytes; returns the item's source."""
+    tags = _check_tags(upload.tags)
+    header = inspect_image(upload.content, ImageLimits(limits.max_image_bytes, limits.max_image_pixels))
+    sha256 = content_sha256(upload.content)
+    image_id = check_image_id(upload.image_id) if upload.image_id else sha256[:DEFAULT_ID_HEX_DIGITS]
+    storage_uri = await backend.blobs.put(parent.tenant, sha256, upload.content)
+    return {
+        "collection_id": parent.collection,
+        "image_id": image_id,
+        "tags": tags,
+        "sha256": sha256,
+        "storage_uri": storage_uri,
+        "size_bytes": len(upload.content),
+        "format": header.format,
+    }
+
+
+async def _start(
+    backend: Backend,
+    parent: CollectionName,
+    kind: str,
+    items: list[tuple[int, dict[str, Any], bytes | None]],
+    request_id: str | None,
+    trace_carrier: dict[str, str],
+) -> OperationRecord:
+    await backend.admin.ensure_collection(parent.tenant, parent.collection)
+    record, created = await backend.ops.create(
+        parent.tenant, uuid.uuid4().hex, kind=kind, items=items, request_id=request_id
     )
     if record.end_time is None:
         if created:
-            await backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
-        # Enqueueing is idempotent (the job id is the operation's), so a retried request re-enqueues safely.
-        await backend.queue.enqueue_operation(record.kind, tenant, record.id, trace_carrier)
+            await backend.events.publish(parent.tenant, record.id, state=record.state, stage=record.stage)
+        pending = (
+            [n for n, (state, _, _) in enumerate(items) if state == operations.ITEM_PENDING]
+            if created
+            else (await backend.ops.pending_items(parent.tenant, record.id))
+        )
+        # Enqueueing is idempotent (job ids derive from the operation), so a retried request re-enqueues safely.
+        await backend.queue.enqueue_items(parent.tenant, record.id, pending, record.generation, trace_carrier)
     return record
+
+
+async def submit_ingest(
+    backend: Backend, parent: CollectionName, upload: ImageUpload, request_id: str, trace_carrier: dict[str, str]
+) -> OperationRecord:
+    """One image: refused outright (INVALID_ARGUMENT) if its header is bad, else a one-item operation."""
+    key = _check_request_id(request_id)
+    limits, held, active = await admit_tenant(backend, parent.tenant)
+    source = await stage_image(backend, parent, upload, limits)
+    _check_quota(parent.tenant, limits, held, active, 1)
+    return await _start(
+        backend, parent, operations.KIND_INGEST_IMAGE, [(operations.ITEM_PENDING, source, None)], key, trace_carrier
+    )
+
+
+async def submit_upload(
+    backend: Backend,
+    parent: CollectionName,
+    uploads: AsyncIterator[ImageUpload],
+    request_id: str,
+    trace_carrier: dict[str, str],
+) -> OperationRecord:
+    """Many images as one operation. An image refused at the door becomes a failed item; the rest go on."""
+    key = _check_request_id(request_id)
+    limits, held, active = await admit_tenant(backend, parent.tenant)
+    items: list[tuple[int, dict[str, Any], bytes | None]] = []
+    async for upload in uploads:
+        if len(items) >= MAX_ITEMS_PER_OPERATION:
+            raise InvalidArgument(
+                f"at most {MAX_ITEMS_PER_OPERATION} images per upload", field="chunk.item", reason="TOO_MANY_ITEMS"
+            )
+        try:
+            items.append((operations.ITEM_PENDING, await stage_image(backend, parent, upload, limits), None))
+        except (ImageRejected, InvalidArgument) as exc:
+            refused = {"image_id": upload.image_id, "collection_id": parent.collection}
+            items.append((operations.ITEM_FAILED, refused, to_rpc_status(exc).SerializeToString()))
+    if not items:
+        raise InvalidArgument("the upload holds no image", field="chunk", reason="EMPTY_UPLOAD")
+    _check_quota(parent.tenant, limits, held, active, sum(1 for s, _, _ in items if s == operations.ITEM_PENDING))
+    return await _start(backend, parent, operations.KIND_INGEST_BATCH, items, key, trace_carrier)

@@ -1,15 +1,17 @@
-"""Long-running operations: states, and the ``google.longrunning.Operation`` view of a stored operation."""
+"""Long-running operations: states, how they end, and their ``google.longrunning.Operation`` view."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from deeplens.v1 import resources_pb2
+from deeplens.v1 import ingest_service_pb2, resources_pb2
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
-from google.rpc import status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from deeplens_server.repository import OperationRecord
+if TYPE_CHECKING:
+    from deeplens_server.operation_store import ItemRecord, OperationRecord
 
 PENDING = resources_pb2.OPERATION_STATE_PENDING
 RUNNING = resources_pb2.OPERATION_STATE_RUNNING
@@ -17,8 +19,18 @@ SUCCEEDED = resources_pb2.OPERATION_STATE_SUCCEEDED
 FAILED = resources_pb2.OPERATION_STATE_FAILED
 CANCELLED = resources_pb2.OPERATION_STATE_CANCELLED
 
+# Item states (operation_items.state).
+ITEM_PENDING = 1
+ITEM_SUCCEEDED = 3
+ITEM_FAILED = 4
+ITEM_DEAD = 5
+ITEM_CANCELLED = 6
+ITEM_FAILED_STATES = (ITEM_FAILED, ITEM_DEAD)
+
 KIND_INGEST_IMAGE = "ingest_image"
+KIND_INGEST_BATCH = "ingest_batch"
 KIND_PURGE_TENANT = "purge_tenant"
+FAILURES_IN_METADATA = 20
 
 
 def operation_name(tenant_id: str, operation_id: str) -> str:
@@ -40,18 +52,60 @@ def pack(message: object) -> bytes:
     return packed.SerializeToString()
 
 
-def to_proto(record: OperationRecord) -> operations_pb2.Operation:
+def batch_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[int, bytes | None, bytes | None]:
+    """How an ingest ends: cancelled if asked; failed (with the last item's error) if no item succeeded;
+    otherwise succeeded — failed items are reported in the metadata, not as the operation's error."""
+    if record.cancel_requested:
+        return CANCELLED, None, _status(code_pb2.CANCELLED, "the operation was cancelled", "CANCELLED")
+    if record.succeeded == 0 and record.failed > 0:
+        if record.total == 1 and last_error is not None:
+            return FAILED, None, last_error
+        return FAILED, None, _status(code_pb2.ABORTED, f"all {record.failed} items failed", "ALL_ITEMS_FAILED")
+    response = ingest_service_pb2.IngestImagesResponse(
+        succeeded=record.succeeded, failed=record.failed, duplicates=record.duplicates
+    )
+    return SUCCEEDED, pack(response), None
+
+
+def _status(code: int, message: str, reason: str) -> bytes:
+    status = status_pb2.Status(code=code, message=message)
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="deeplens.dev"))
+    status.details.append(packed)
+    return status.SerializeToString()
+
+
+def item_failure(item: ItemRecord) -> resources_pb2.ItemFailure:
+    failure = resources_pb2.ItemFailure(item=item.item, image_id=str(item.source.get("image_id", "")))
+    if item.error is not None:
+        failure.status.CopyFrom(status_pb2.Status.FromString(item.error))
+    return failure
+
+
+def to_proto(record: OperationRecord, failures: list[ItemRecord] | None = None) -> operations_pb2.Operation:
     metadata = resources_pb2.OperationMetadata(
         state=record.state,  # type: ignore[arg-type]
         total=record.total,
         processed=record.processed,
         succeeded=record.succeeded,
         failed=record.failed,
+        duplicates=record.duplicates,
+        remaining=record.total - record.processed,
+        percent=100.0 * record.processed / record.total if record.total else 100.0,
         stage=record.stage,
+        paused=record.paused,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
+        start_time=timestamp(record.start_time),
         end_time=timestamp(record.end_time),
+        failures=[item_failure(f) for f in failures or []],
     )
+    if record.start_time is not None and record.processed:
+        until = record.end_time or datetime.now(UTC)
+        elapsed = max((until - record.start_time).total_seconds(), 1e-3)
+        metadata.items_per_second = record.processed / elapsed
+        if record.end_time is None and not record.paused:
+            metadata.eta.FromTimedelta(timedelta(seconds=(record.total - record.processed) / metadata.items_per_second))
     op = operations_pb2.Operation(name=operation_name(record.tenant_id, record.id), done=record.end_time is not None)
     op.metadata.Pack(metadata)
     if record.error is not None:

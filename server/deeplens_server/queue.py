@@ -8,9 +8,11 @@ from redis.exceptions import RedisError
 
 from deeplens_server.errors import Unavailable
 
+INGEST_ITEM_JOB = "ingest_item"
 
-def job_id(kind: str, tenant_id: str, operation_id: str) -> str:
-    return f"{kind}:{tenant_id}:{operation_id}"
+
+def job_id(kind: str, tenant_id: str, operation_id: str, suffix: str = "") -> str:
+    return f"{kind}:{tenant_id}:{operation_id}{suffix}"
 
 
 class JobQueue:
@@ -29,6 +31,25 @@ class JobQueue:
     @property
     def redis(self) -> ArqRedis:
         return self._redis
+
+    async def enqueue_items(
+        self, tenant_id: str, operation_id: str, items: list[int], generation: int, trace_carrier: dict[str, str]
+    ) -> None:
+        """One job per item; ids carry the item and the operation's generation (bumped on resume), so a
+        repeated enqueue is a no-op while a resumed operation re-delivers what is still pending."""
+        try:
+            for item in items:
+                await self._redis.enqueue_job(
+                    INGEST_ITEM_JOB,
+                    tenant_id,
+                    operation_id,
+                    item,
+                    trace_carrier,
+                    _job_id=job_id(INGEST_ITEM_JOB, tenant_id, operation_id, f":{item}:{generation}"),
+                    _queue_name=self._queue_name,
+                )
+        except RedisError as exc:
+            raise Unavailable("the job queue is unavailable") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from deeplens_server.db import ScopedPool, scoped
+from deeplens_server.db import ScopedPool
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.migrations import migrate
 
@@ -36,26 +36,6 @@ class ImageRecord:
     create_time: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OperationRecord:
-    tenant_id: str
-    id: str
-    kind: str
-    state: int
-    stage: str
-    total: int
-    processed: int
-    succeeded: int
-    failed: int
-    request_id: str | None
-    payload: dict[str, Any]
-    response: bytes | None
-    error: bytes | None
-    create_time: datetime
-    update_time: datetime
-    end_time: datetime | None
-
-
 _IMAGE_COLUMNS = (
     "tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, size_bytes, "
     "phash, dhash, model, tags, create_time"
@@ -68,8 +48,28 @@ def _image(row: Mapping[str, Any]) -> ImageRecord:
     return ImageRecord(**fields)
 
 
-def _operation(row: Mapping[str, Any]) -> OperationRecord:
-    return OperationRecord(**dict(row))
+async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
+    await conn.execute(
+        "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
+        "size_bytes, phash, dhash, model, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+        "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
+        "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
+        "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
+        "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, update_time = now()",
+        image.tenant_id,
+        image.collection_id,
+        image.image_id,
+        image.sha256,
+        image.storage_uri,
+        image.format,
+        image.width,
+        image.height,
+        image.size_bytes,
+        image.phash,
+        image.dhash,
+        image.model,
+        image.tags,
+    )
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -108,115 +108,20 @@ class Repository:
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
 
-    # Operations
-
-    async def create_operation(
-        self,
-        tenant_id: str,
-        operation_id: str,
-        *,
-        kind: str,
-        state: int,
-        total: int,
-        payload: dict[str, Any],
-        request_id: str | None,
-    ) -> tuple[OperationRecord, bool]:
-        """Inserts an operation; with a ``request_id`` seen before, returns the earlier one and False."""
-        async with scoped(self._pool, tenant_id) as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO operations (tenant_id, id, kind, state, total, payload, request_id) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                "ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING *",
-                tenant_id,
-                operation_id,
-                kind,
-                state,
-                total,
-                payload,
-                request_id,
-            )
-            if row is not None:
-                return _operation(row), True
-            row = await conn.fetchrow(
-                "SELECT * FROM operations WHERE tenant_id = $1 AND request_id = $2", tenant_id, request_id
-            )
-            assert row is not None
-            return _operation(row), False
-
-    async def get_operation(self, tenant_id: str, operation_id: str) -> OperationRecord:
-        row = await self._db.fetchrow(
-            tenant_id, "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2", tenant_id, operation_id
-        )
-        if row is None:
-            raise NotFound("operation", f"tenants/{tenant_id}/operations/{operation_id}", reason="OPERATION_NOT_FOUND")
-        return _operation(row)
-
-    async def set_operation_stage(
-        self, tenant_id: str, operation_id: str, *, state: int, stage: str
-    ) -> OperationRecord:
-        row = await self._db.fetchrow(
-            tenant_id,
-            "UPDATE operations SET state = $3, stage = $4, update_time = now() "
-            "WHERE tenant_id = $1 AND id = $2 AND end_time IS NULL RETURNING *",
-            tenant_id,
-            operation_id,
-            state,
-            stage,
-        )
-        return _operation(row) if row is not None else await self.get_operation(tenant_id, operation_id)
-
-    async def finish_operation(
-        self,
-        tenant_id: str,
-        operation_id: str,
-        *,
-        state: int,
-        response: bytes | None = None,
-        error: bytes | None = None,
-        image: ImageRecord | None = None,
-    ) -> OperationRecord:
-        """Ends an operation, storing ``image`` in the same transaction. Finishing twice is a no-op."""
-        succeeded = 1 if error is None else 0
-        async with scoped(self._pool, tenant_id) as conn:
-            if image is not None:
-                await self._upsert_image(conn, image)
-            row = await conn.fetchrow(
-                "UPDATE operations SET state = $3, stage = 'done', processed = total, succeeded = $4, "
-                "failed = total - $4, response = $5, error = $6, update_time = now(), end_time = now() "
-                "WHERE tenant_id = $1 AND id = $2 AND end_time IS NULL RETURNING *",
-                tenant_id,
-                operation_id,
-                state,
-                succeeded,
-                response,
-                error,
-            )
-        return _operation(row) if row is not None else await self.get_operation(tenant_id, operation_id)
-
     # Images
 
-    @staticmethod
-    async def _upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
-        await conn.execute(
-            "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
-            "size_bytes, phash, dhash, model, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-            "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
-            "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
-            "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
-            "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, update_time = now()",
-            image.tenant_id,
-            image.collection_id,
-            image.image_id,
-            image.sha256,
-            image.storage_uri,
-            image.format,
-            image.width,
-            image.height,
-            image.size_bytes,
-            image.phash,
-            image.dhash,
-            image.model,
-            image.tags,
+    async def has_content(self, tenant_id: str, sha256: str, *, exclude: tuple[str, str]) -> bool:
+        """Whether the tenant already holds these exact bytes under another image name."""
+        return bool(
+            await self._db.fetchval(
+                tenant_id,
+                "SELECT EXISTS (SELECT 1 FROM images WHERE tenant_id = $1 AND sha256 = $2 "
+                "AND (collection_id, image_id) <> ($3, $4))",
+                tenant_id,
+                sha256,
+                exclude[0],
+                exclude[1],
+            )
         )
 
     async def get_image(self, tenant_id: str, collection_id: str, image_id: str) -> ImageRecord:

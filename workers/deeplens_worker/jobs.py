@@ -13,8 +13,8 @@ from arq.worker import func as arq_func
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.errors import Unavailable
-from deeplens_server.operations import KIND_INGEST_IMAGE, KIND_PURGE_TENANT
-from deeplens_server.repository import OperationRecord
+from deeplens_server.operations import KIND_PURGE_TENANT
+from deeplens_server.queue import INGEST_ITEM_JOB
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
@@ -30,35 +30,48 @@ def backoff_seconds(job_try: int) -> float:
     return base * random.uniform(0.5, 1.5)
 
 
-Step = Callable[[Backend, str, str], Awaitable[OperationRecord]]
-
-
-async def _run(ctx: dict[str, Any], step: Step, tenant_id: str, operation_id: str, carrier: dict[str, str]) -> str:
-    """Runs one operation's step under its trace context; transient failures retry, the last one fails it."""
-    backend: Backend = ctx["backend"]
-    settings: Settings = ctx["settings"]
+async def _run(ctx: dict[str, Any], step: Callable[[Backend], Awaitable[object]], carrier: dict[str, str]) -> str:
+    """Runs a job step under its trace context; transient failures raise ``Retry`` with backoff."""
     token = otel_context.attach(propagate.extract(carrier))
     try:
-        record = await step(backend, tenant_id, operation_id)
-        return f"state={record.state}"
-    except Unavailable as exc:
-        job_try = int(ctx.get("job_try", 1))
-        if job_try < settings.job_max_tries:
-            delay = backoff_seconds(job_try)
-            _log.warning("%s/%s: %s; retry %d in %.1f s", tenant_id, operation_id, exc.reason, job_try, delay)
-            raise Retry(defer=delay) from exc
-        await pipeline.fail_operation(backend, tenant_id, operation_id, exc)
-        return "failed: dependency unavailable"
+        await step(ctx["backend"])
+        return "done"
     finally:
         otel_context.detach(token)
 
 
-async def ingest_image(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
-    return await _run(ctx, pipeline.ingest_image, tenant_id, operation_id, trace_carrier)
+def _retry_or_none(ctx: dict[str, Any], exc: Unavailable, what: str) -> Retry | None:
+    settings: Settings = ctx["settings"]
+    job_try = int(ctx.get("job_try", 1))
+    if job_try >= settings.job_max_tries:
+        return None
+    delay = backoff_seconds(job_try)
+    _log.warning("%s: %s; retry %d in %.1f s", what, exc.reason, job_try, delay)
+    return Retry(defer=delay)
+
+
+async def ingest_item(
+    ctx: dict[str, Any], tenant_id: str, operation_id: str, item: int, trace_carrier: dict[str, str]
+) -> str:
+    try:
+        return await _run(ctx, lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item), trace_carrier)
+    except Unavailable as exc:
+        retry = _retry_or_none(ctx, exc, f"{tenant_id}/{operation_id}#{item}")
+        if retry is not None:
+            raise retry from exc
+        await pipeline.fail_item(ctx["backend"], tenant_id, operation_id, item, exc)
+        return "dead letter"
 
 
 async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
-    return await _run(ctx, purge.purge_tenant, tenant_id, operation_id, trace_carrier)
+    try:
+        return await _run(ctx, lambda b: purge.purge_tenant(b, tenant_id, operation_id), trace_carrier)
+    except Unavailable as exc:
+        retry = _retry_or_none(ctx, exc, f"purge {tenant_id}")
+        if retry is not None:
+            raise retry from exc
+        await pipeline.fail_item(ctx["backend"], tenant_id, operation_id, 0, exc)
+        return "failed"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -74,14 +87,17 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker``."""
     return {
-        "functions": [arq_func(ingest_image, name=KIND_INGEST_IMAGE), arq_func(purge_tenant, name=KIND_PURGE_TENANT)],
+        "functions": [
+            arq_func(ingest_item, name=INGEST_ITEM_JOB, timeout=settings.job_timeout_seconds),
+            arq_func(purge_tenant, name=KIND_PURGE_TENANT, timeout=settings.job_timeout_seconds),
+        ],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "queue_name": settings.queue_name,
         "max_tries": settings.job_max_tries,
         "max_jobs": 16,
-        "job_timeout": 300,
+        "job_timeout": settings.job_timeout_seconds,
         "keep_result": 3600,
         "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
         "ctx": {"settings": settings},

@@ -1,12 +1,14 @@
-"""One image through the index: decode once, hash, embed, upsert the vector, commit the row.
+"""One image of an ingest operation through the index: decode once, hash, embed, upsert the vector, then
+commit the row and count the item in one transaction.
 
-Safe to run twice for the same operation (re-delivery after a crash): a finished operation is left alone,
-and the vector and the row are upserts keyed by (tenant, collection, image), so nothing is doubled.
+Safe to run twice for the same item (re-delivery after a crash): the item is counted only when it leaves
+PENDING, and the vector and the row are upserts keyed by (tenant, collection, image), so nothing doubles.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,12 +25,15 @@ from deeplens_server.imaging import (
     model_input,
     perceptual_hashes,
 )
-from deeplens_server.repository import ImageRecord, OperationRecord
+from deeplens_server.operation_store import OperationRecord
+from deeplens_server.repository import ImageRecord
 from deeplens_server.status import to_rpc_status
 from deeplens_server.vectors import VectorRecord
 from numpy.typing import NDArray
 
 EMBED_TIMEOUT_SECONDS = 60.0
+
+Outcome = Callable[[OperationRecord, bytes | None], tuple[int, bytes | None, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,37 +49,70 @@ def analyze(data: bytes, limits: ImageLimits) -> Analysis:
     return Analysis(decoded, perceptual_hashes(decoded.working), model_input(decoded.working))
 
 
-async def _stage(backend: Backend, record: OperationRecord, stage: str) -> OperationRecord:
-    updated = await backend.repo.set_operation_stage(record.tenant_id, record.id, state=operations.RUNNING, stage=stage)
-    await backend.events.publish(record.tenant_id, record.id, state=updated.state, stage=stage)
-    return updated
+def outcome_for(record: OperationRecord, image: ImageRecord | None) -> Outcome:
+    """A single-image operation answers with its image; a batch with its counts."""
+    if record.kind == operations.KIND_INGEST_IMAGE and image is not None:
+        response = operations.pack(ingest_service_pb2.IngestImageResponse(image=image_to_proto(image)))
+
+        def single(final: OperationRecord, last_error: bytes | None) -> tuple[int, bytes | None, bytes | None]:
+            state, _, error = operations.batch_outcome(final, last_error)
+            return (state, response, None) if state == operations.SUCCEEDED else (state, None, error)
+
+        return single
+    return operations.batch_outcome
 
 
-async def fail_operation(backend: Backend, tenant_id: str, operation_id: str, error: DeepLensError) -> OperationRecord:
-    record = await backend.repo.finish_operation(
-        tenant_id, operation_id, state=operations.FAILED, error=to_rpc_status(error).SerializeToString()
+async def _finish(
+    backend: Backend,
+    record: OperationRecord,
+    item: int,
+    state: int,
+    *,
+    error: DeepLensError | None = None,
+    image: ImageRecord | None = None,
+    duplicate: bool = False,
+) -> OperationRecord:
+    final, counted = await backend.ops.finish_item(
+        record.tenant_id,
+        record.id,
+        item,
+        state=state,
+        outcome=outcome_for(record, image),
+        error=to_rpc_status(error).SerializeToString() if error is not None else None,
+        image=image,
+        duplicate=duplicate,
     )
-    await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
-    return record
+    if counted:
+        await backend.events.publish(record.tenant_id, record.id, state=final.state, stage=final.stage)
+    return final
 
 
-async def ingest_image(backend: Backend, tenant_id: str, operation_id: str) -> OperationRecord:
-    record = await backend.repo.get_operation(tenant_id, operation_id)
-    if record.end_time is not None:
+async def fail_item(backend: Backend, tenant_id: str, operation_id: str, item: int, error: DeepLensError) -> None:
+    """Transient failures exhausted the item's retries: it goes to the dead letters (retryable later)."""
+    record = await backend.ops.get(tenant_id, operation_id)
+    await _finish(backend, record, item, operations.ITEM_DEAD, error=error)
+
+
+async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item: int) -> OperationRecord:
+    record = await backend.ops.get(tenant_id, operation_id)
+    if record.end_time is not None or record.paused:
+        return record  # done, or paused: a resume re-delivers the item under a new generation
+    current = await backend.ops.item(tenant_id, operation_id, item)
+    if current.state != operations.ITEM_PENDING:
         return record
-    payload = record.payload
-    record = await _stage(backend, record, "decode")
-    data = await backend.blobs.get(tenant_id, payload["sha256"])
+    source = current.source
+    if record.state == operations.PENDING:
+        record = await backend.ops.mark_running(tenant_id, operation_id, "index")
+        await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
+    data = await backend.blobs.get(tenant_id, source["sha256"])
     try:
         analysis = await asyncio.to_thread(analyze, data, backend.limits)
     except ImageRejected as exc:
-        return await fail_operation(backend, tenant_id, operation_id, exc)
+        return await _finish(backend, record, item, operations.ITEM_FAILED, error=exc)
 
-    record = await _stage(backend, record, "embed")
     embedding = (await backend.embedder.embed(analysis.model_input[np.newaxis], timeout=EMBED_TIMEOUT_SECONDS))[0]
-
-    record = await _stage(backend, record, "index")
-    collection_id, image_id = payload["collection_id"], payload["image_id"]
+    collection_id, image_id = source["collection_id"], source["image_id"]
+    duplicate = await backend.repo.has_content(tenant_id, analysis.decoded.sha256, exclude=(collection_id, image_id))
     await backend.vectors.upsert(tenant_id, [VectorRecord(collection_id, image_id, embedding)])
     header = analysis.decoded.header
     image = ImageRecord(
@@ -82,7 +120,7 @@ async def ingest_image(backend: Backend, tenant_id: str, operation_id: str) -> O
         collection_id=collection_id,
         image_id=image_id,
         sha256=analysis.decoded.sha256,
-        storage_uri=payload["storage_uri"],
+        storage_uri=source["storage_uri"],
         format=header.format,
         width=header.width,
         height=header.height,
@@ -90,11 +128,6 @@ async def ingest_image(backend: Backend, tenant_id: str, operation_id: str) -> O
         phash=analysis.hashes.phash,
         dhash=analysis.hashes.dhash,
         model=backend.embedder.model_id,
-        tags=list(payload.get("tags", [])),
+        tags=list(source.get("tags", [])),
     )
-    response = ingest_service_pb2.IngestImageResponse(image=image_to_proto(image))
-    record = await backend.repo.finish_operation(
-        tenant_id, operation_id, state=operations.SUCCEEDED, response=operations.pack(response), image=image
-    )
-    await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
-    return record
+    return await _finish(backend, record, item, operations.ITEM_SUCCEEDED, image=image, duplicate=duplicate)

@@ -6,17 +6,17 @@ from __future__ import annotations
 from deeplens.v1 import admin_service_pb2
 from deeplens_server import operations
 from deeplens_server.backend import Backend
-from deeplens_server.repository import OperationRecord
+from deeplens_server.operation_store import OperationRecord
 
 
 async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> OperationRecord:
-    record = await backend.repo.get_operation(tenant_id, operation_id)
+    record = await backend.ops.get(tenant_id, operation_id)
     if record.end_time is not None:
         return record
     dry_run = bool(record.payload.get("dry_run", True))
     delete_originals = bool(record.payload.get("delete_originals", False))
 
-    await backend.repo.set_operation_stage(tenant_id, operation_id, state=operations.RUNNING, stage="count")
+    await backend.ops.mark_running(tenant_id, operation_id, "count")
     await backend.events.publish(tenant_id, operation_id, state=operations.RUNNING, stage="count")
     counts = await backend.admin.purge_counts(tenant_id, operation_id)
     vectors = await backend.vectors.count(tenant_id)
@@ -31,15 +31,20 @@ async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> O
         original_bytes=size if delete_originals else 0,
     )
     if not dry_run:
-        await backend.repo.set_operation_stage(tenant_id, operation_id, state=operations.RUNNING, stage="purge")
+        await backend.ops.mark_running(tenant_id, operation_id, "purge")
         await backend.events.publish(tenant_id, operation_id, state=operations.RUNNING, stage="purge")
         await backend.admin.mark_tenant_deleted(tenant_id)  # first: no key works from here on
         await backend.vectors.delete(tenant_id)
         await backend.admin.purge_tenant_rows(tenant_id, operation_id)
         if delete_originals:
             await backend.blobs.delete_tenant(tenant_id)
-    record = await backend.repo.finish_operation(
-        tenant_id, operation_id, state=operations.SUCCEEDED, response=operations.pack(response)
+    packed = operations.pack(response)
+    record, _ = await backend.ops.finish_item(
+        tenant_id,
+        operation_id,
+        0,
+        state=operations.ITEM_SUCCEEDED,
+        outcome=lambda final, _error: (operations.SUCCEEDED, packed, None),
     )
     await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
     return record

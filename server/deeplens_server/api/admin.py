@@ -29,6 +29,7 @@ from deeplens_server.names import (
     parse_storage_location,
     parse_tenant,
 )
+from deeplens_server.operation_views import describe
 from deeplens_server.status import to_rpc_status
 from deeplens_server.tenancy import require_admin_of, require_reader_of, require_tenant
 
@@ -110,20 +111,18 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> operations_pb2.Operation:
         tenant = parse_tenant(request.name).tenant
         await self._backend.admin.get_tenant(tenant)
-        record, _ = await self._backend.repo.create_operation(
+        record, _ = await self._backend.ops.create(
             tenant,
             uuid.uuid4().hex,
             kind=operations.KIND_PURGE_TENANT,
-            state=operations.PENDING,
-            total=1,
+            items=[(operations.ITEM_PENDING, {"tenant": tenant}, None)],
             payload={"dry_run": not request.force, "delete_originals": request.delete_originals},
-            request_id=None,
         )
         await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         await self._backend.queue.enqueue_operation(record.kind, tenant, record.id, carrier)
-        return operations.to_proto(record)
+        return await describe(self._backend, record)
 
     # Collections
 

@@ -42,10 +42,35 @@ class IngestServiceStub:
                 request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.IngestImageRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.UploadImages = channel.stream_unary(
+                '/deeplens.v1.IngestService/UploadImages',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.UploadImagesRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
         self.WatchOperation = channel.unary_stream(
                 '/deeplens.v1.IngestService/WatchOperation',
                 request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationResponse.FromString,
+                _registered_method=True)
+        self.WatchOperations = channel.unary_stream(
+                '/deeplens.v1.IngestService/WatchOperations',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationsResponse.FromString,
+                _registered_method=True)
+        self.ListOperationFailures = channel.unary_unary(
+                '/deeplens.v1.IngestService/ListOperationFailures',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresResponse.FromString,
+                _registered_method=True)
+        self.PauseOperation = channel.unary_unary(
+                '/deeplens.v1.IngestService/PauseOperation',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.PauseOperationRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.ResumeOperation = channel.unary_unary(
+                '/deeplens.v1.IngestService/ResumeOperation',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.ResumeOperationRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
 
 
@@ -63,8 +88,47 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadImages(self, request_iterator, context):
+        """Uploads many images, or one large image in chunks, as one operation. The first message is the header;
+        then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
+        `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
+        Response: `IngestImagesResponse`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchOperation(self, request, context):
         """Streams an operation's progress: its current state first, then every change until it is done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchOperations(self, request, context):
+        """Streams every operation of the tenant: the unfinished ones first, then each change as it happens. Give
+        the last `resume_token` received to continue after a disconnect or a server restart without a gap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperationFailures(self, request, context):
+        """Pages through the failed items of an operation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseOperation(self, request, context):
+        """Pauses an operation: items in flight finish, no new item starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeOperation(self, request, context):
+        """Resumes a paused operation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,10 +142,35 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.IngestImageRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
+            'UploadImages': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadImages,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.UploadImagesRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
             'WatchOperation': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchOperation,
                     request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationResponse.SerializeToString,
+            ),
+            'WatchOperations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOperations,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationsResponse.SerializeToString,
+            ),
+            'ListOperationFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperationFailures,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresResponse.SerializeToString,
+            ),
+            'PauseOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseOperation,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.PauseOperationRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'ResumeOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeOperation,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.ResumeOperationRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -124,6 +213,33 @@ class IngestService:
             _registered_method=True)
 
     @staticmethod
+    def UploadImages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/deeplens.v1.IngestService/UploadImages',
+            deeplens_dot_v1_dot_ingest__service__pb2.UploadImagesRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def WatchOperation(request,
             target,
             options=(),
@@ -140,6 +256,114 @@ class IngestService:
             '/deeplens.v1.IngestService/WatchOperation',
             deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationRequest.SerializeToString,
             deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/deeplens.v1.IngestService/WatchOperations',
+            deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationsRequest.SerializeToString,
+            deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperationFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.IngestService/ListOperationFailures',
+            deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresRequest.SerializeToString,
+            deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.IngestService/PauseOperation',
+            deeplens_dot_v1_dot_ingest__service__pb2.PauseOperationRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.IngestService/ResumeOperation',
+            deeplens_dot_v1_dot_ingest__service__pb2.ResumeOperationRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

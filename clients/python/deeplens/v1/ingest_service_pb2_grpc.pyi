@@ -41,8 +41,24 @@ class IngestServiceStub:
     decoding, hashing, embedding and indexing run on a worker. The operation's response is an
     `IngestImageResponse`, its metadata an `OperationMetadata`.
     """
+    UploadImages: _grpc.StreamUnaryMultiCallable[_ingest_service_pb2.UploadImagesRequest, _operations_pb2.Operation]
+    """Uploads many images, or one large image in chunks, as one operation. The first message is the header;
+    then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
+    `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
+    Response: `IngestImagesResponse`.
+    """
     WatchOperation: _grpc.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationRequest, _ingest_service_pb2.WatchOperationResponse]
     """Streams an operation's progress: its current state first, then every change until it is done."""
+    WatchOperations: _grpc.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationsRequest, _ingest_service_pb2.WatchOperationsResponse]
+    """Streams every operation of the tenant: the unfinished ones first, then each change as it happens. Give
+    the last `resume_token` received to continue after a disconnect or a server restart without a gap.
+    """
+    ListOperationFailures: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ListOperationFailuresRequest, _ingest_service_pb2.ListOperationFailuresResponse]
+    """Pages through the failed items of an operation."""
+    PauseOperation: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.PauseOperationRequest, _operations_pb2.Operation]
+    """Pauses an operation: items in flight finish, no new item starts."""
+    ResumeOperation: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ResumeOperationRequest, _operations_pb2.Operation]
+    """Resumes a paused operation."""
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -56,8 +72,24 @@ class IngestServiceAsyncStub(IngestServiceStub):
     decoding, hashing, embedding and indexing run on a worker. The operation's response is an
     `IngestImageResponse`, its metadata an `OperationMetadata`.
     """
+    UploadImages: _aio.StreamUnaryMultiCallable[_ingest_service_pb2.UploadImagesRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Uploads many images, or one large image in chunks, as one operation. The first message is the header;
+    then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
+    `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
+    Response: `IngestImagesResponse`.
+    """
     WatchOperation: _aio.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationRequest, _ingest_service_pb2.WatchOperationResponse]  # type: ignore[assignment]
     """Streams an operation's progress: its current state first, then every change until it is done."""
+    WatchOperations: _aio.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationsRequest, _ingest_service_pb2.WatchOperationsResponse]  # type: ignore[assignment]
+    """Streams every operation of the tenant: the unfinished ones first, then each change as it happens. Give
+    the last `resume_token` received to continue after a disconnect or a server restart without a gap.
+    """
+    ListOperationFailures: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ListOperationFailuresRequest, _ingest_service_pb2.ListOperationFailuresResponse]  # type: ignore[assignment]
+    """Pages through the failed items of an operation."""
+    PauseOperation: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.PauseOperationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Pauses an operation: items in flight finish, no new item starts."""
+    ResumeOperation: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ResumeOperationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Resumes a paused operation."""
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     """Bringing images into the index. Long work returns a `google.longrunning.Operation`; the standard
@@ -76,11 +108,57 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def UploadImages(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ingest_service_pb2.UploadImagesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Uploads many images, or one large image in chunks, as one operation. The first message is the header;
+        then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
+        `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
+        Response: `IngestImagesResponse`.
+        """
+
+    @_abc_1.abstractmethod
     def WatchOperation(
         self,
         request: _ingest_service_pb2.WatchOperationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ingest_service_pb2.WatchOperationResponse], _abc.AsyncIterator[_ingest_service_pb2.WatchOperationResponse]]:
         """Streams an operation's progress: its current state first, then every change until it is done."""
+
+    @_abc_1.abstractmethod
+    def WatchOperations(
+        self,
+        request: _ingest_service_pb2.WatchOperationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ingest_service_pb2.WatchOperationsResponse], _abc.AsyncIterator[_ingest_service_pb2.WatchOperationsResponse]]:
+        """Streams every operation of the tenant: the unfinished ones first, then each change as it happens. Give
+        the last `resume_token` received to continue after a disconnect or a server restart without a gap.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperationFailures(
+        self,
+        request: _ingest_service_pb2.ListOperationFailuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_service_pb2.ListOperationFailuresResponse, _abc.Awaitable[_ingest_service_pb2.ListOperationFailuresResponse]]:
+        """Pages through the failed items of an operation."""
+
+    @_abc_1.abstractmethod
+    def PauseOperation(
+        self,
+        request: _ingest_service_pb2.PauseOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Pauses an operation: items in flight finish, no new item starts."""
+
+    @_abc_1.abstractmethod
+    def ResumeOperation(
+        self,
+        request: _ingest_service_pb2.ResumeOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Resumes a paused operation."""
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

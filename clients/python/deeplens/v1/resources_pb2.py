@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x65\x65plens/v1/resources.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06limits\x18\x06 \x01(\x0b\x32\x19.deeplens.v1.TenantLimits\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\"\x95\x01\n\x0cTenantLimits\x12\x12\n\nmax_images\x18\x01 \x01(\x03\x12\x17\n\x0fmax_image_bytes\x18\x02 \x01(\x03\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x03\x12\x1b\n\x13requests_per_second\x18\x04 \x01(\x05\x12!\n\x19max_concurrent_operations\x18\x05 \x01(\x05\"\x9b\x04\n\x0fStorageLocation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12:\n\x07options\x18\x04 \x03(\x0b\x32).deeplens.v1.StorageLocation.OptionsEntry\x12\x42\n\x0b\x63redentials\x18\x05 \x03(\x0b\x32-.deeplens.v1.StorageLocation.CredentialsEntry\x12K\n\x10\x63redential_hints\x18\x06 \x03(\x0b\x32\x31.deeplens.v1.StorageLocation.CredentialHintsEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x43redentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14\x43redentialHintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_count\x18\x04 \x01(\x03\"\xe2\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1f\n\x04role\x18\x03 \x01(\x0e\x32\x11.deeplens.v1.Role\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\nAuditEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\"\xe9\x01\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0bstorage_uri\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\r\n\x05phash\x18\x08 \x01(\t\x12\r\n\x05\x64hash\x18\t \x01(\t\x12\x0c\n\x04tags\x18\n \x03(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x02\n\x11OperationMetadata\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.deeplens.v1.OperationState\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x11\n\tprocessed\x18\x03 \x01(\x03\x12\x11\n\tsucceeded\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\r\n\x05stage\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x81\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_UPLOADER\x10\x02\x12\x0f\n\x0bROLE_EDITOR\x10\x03\x12\x15\n\x11ROLE_TENANT_ADMIN\x10\x04\x12\x17\n\x13ROLE_PLATFORM_ADMIN\x10\x05*\xc5\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_PENDING\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x42O\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x65\x65plens/v1/resources.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xf8\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06limits\x18\x06 \x01(\x0b\x32\x19.deeplens.v1.TenantLimits\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\"\x95\x01\n\x0cTenantLimits\x12\x12\n\nmax_images\x18\x01 \x01(\x03\x12\x17\n\x0fmax_image_bytes\x18\x02 \x01(\x03\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x03\x12\x1b\n\x13requests_per_second\x18\x04 \x01(\x05\x12!\n\x19max_concurrent_operations\x18\x05 \x01(\x05\"\x9b\x04\n\x0fStorageLocation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12:\n\x07options\x18\x04 \x03(\x0b\x32).deeplens.v1.StorageLocation.OptionsEntry\x12\x42\n\x0b\x63redentials\x18\x05 \x03(\x0b\x32-.deeplens.v1.StorageLocation.CredentialsEntry\x12K\n\x10\x63redential_hints\x18\x06 \x03(\x0b\x32\x31.deeplens.v1.StorageLocation.CredentialHintsEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x43redentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14\x43redentialHintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_count\x18\x04 \x01(\x03\"\xe2\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1f\n\x04role\x18\x03 \x01(\x0e\x32\x11.deeplens.v1.Role\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\nAuditEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\"\xe9\x01\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0bstorage_uri\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\r\n\x05phash\x18\x08 \x01(\t\x12\r\n\x05\x64hash\x18\t \x01(\t\x12\x0c\n\x04tags\x18\n \x03(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x04\n\x11OperationMetadata\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.deeplens.v1.OperationState\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x11\n\tprocessed\x18\x03 \x01(\x03\x12\x11\n\tsucceeded\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\r\n\x05stage\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduplicates\x18\n \x01(\x03\x12\x11\n\tremaining\x18\x0b \x01(\x03\x12\x0f\n\x07percent\x18\x0c \x01(\x01\x12\x18\n\x10items_per_second\x18\r \x01(\x01\x12&\n\x03\x65ta\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x10 \x01(\x08\x12*\n\x08\x66\x61ilures\x18\x11 \x03(\x0b\x32\x18.deeplens.v1.ItemFailure\"Q\n\x0bItemFailure\x12\x0c\n\x04item\x18\x01 \x01(\x05\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status*\x81\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_UPLOADER\x10\x02\x12\x0f\n\x0bROLE_EDITOR\x10\x03\x12\x15\n\x11ROLE_TENANT_ADMIN\x10\x04\x12\x17\n\x13ROLE_PLATFORM_ADMIN\x10\x05*\xc5\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_PENDING\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x42O\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,30 +41,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STORAGELOCATION_CREDENTIALSENTRY']._serialized_options = b'8\001'
   _globals['_STORAGELOCATION_CREDENTIALHINTSENTRY']._loaded_options = None
   _globals['_STORAGELOCATION_CREDENTIALHINTSENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=2039
-  _globals['_ROLE']._serialized_end=2168
-  _globals['_OPERATIONSTATE']._serialized_start=2171
-  _globals['_OPERATIONSTATE']._serialized_end=2368
-  _globals['_TENANT']._serialized_start=78
-  _globals['_TENANT']._serialized_end=326
-  _globals['_TENANTLIMITS']._serialized_start=329
-  _globals['_TENANTLIMITS']._serialized_end=478
-  _globals['_STORAGELOCATION']._serialized_start=481
-  _globals['_STORAGELOCATION']._serialized_end=1020
-  _globals['_STORAGELOCATION_OPTIONSENTRY']._serialized_start=866
-  _globals['_STORAGELOCATION_OPTIONSENTRY']._serialized_end=912
-  _globals['_STORAGELOCATION_CREDENTIALSENTRY']._serialized_start=914
-  _globals['_STORAGELOCATION_CREDENTIALSENTRY']._serialized_end=964
-  _globals['_STORAGELOCATION_CREDENTIALHINTSENTRY']._serialized_start=966
-  _globals['_STORAGELOCATION_CREDENTIALHINTSENTRY']._serialized_end=1020
-  _globals['_COLLECTION']._serialized_start=1022
-  _globals['_COLLECTION']._serialized_end=1140
-  _globals['_APIKEY']._serialized_start=1143
-  _globals['_APIKEY']._serialized_end=1369
-  _globals['_AUDITEVENT']._serialized_start=1372
-  _globals['_AUDITEVENT']._serialized_end=1506
-  _globals['_IMAGE']._serialized_start=1509
-  _globals['_IMAGE']._serialized_end=1742
-  _globals['_OPERATIONMETADATA']._serialized_start=1745
-  _globals['_OPERATIONMETADATA']._serialized_end=2036
+  _globals['_ROLE']._serialized_start=2409
+  _globals['_ROLE']._serialized_end=2538
+  _globals['_OPERATIONSTATE']._serialized_start=2541
+  _globals['_OPERATIONSTATE']._serialized_end=2738
+  _globals['_TENANT']._serialized_start=135
+  _globals['_TENANT']._serialized_end=383
+  _globals['_TENANTLIMITS']._serialized_start=386
+  _globals['_TENANTLIMITS']._serialized_end=535
+  _globals['_STORAGELOCATION']._serialized_start=538
+  _globals['_STORAGELOCATION']._serialized_end=1077
+  _globals['_STORAGELOCATION_OPTIONSENTRY']._serialized_start=923
+  _globals['_STORAGELOCATION_OPTIONSENTRY']._serialized_end=969
+  _globals['_STORAGELOCATION_CREDENTIALSENTRY']._serialized_start=971
+  _globals['_STORAGELOCATION_CREDENTIALSENTRY']._serialized_end=1021
+  _globals['_STORAGELOCATION_CREDENTIALHINTSENTRY']._serialized_start=1023
+  _globals['_STORAGELOCATION_CREDENTIALHINTSENTRY']._serialized_end=1077
+  _globals['_COLLECTION']._serialized_start=1079
+  _globals['_COLLECTION']._serialized_end=1197
+  _globals['_APIKEY']._serialized_start=1200
+  _globals['_APIKEY']._serialized_end=1426
+  _globals['_AUDITEVENT']._serialized_start=1429
+  _globals['_AUDITEVENT']._serialized_end=1563
+  _globals['_IMAGE']._serialized_start=1566
+  _globals['_IMAGE']._serialized_end=1799
+  _globals['_OPERATIONMETADATA']._serialized_start=1802
+  _globals['_OPERATIONMETADATA']._serialized_end=2323
+  _globals['_ITEMFAILURE']._serialized_start=2325
+  _globals['_ITEMFAILURE']._serialized_end=2406
 # @@protoc_insertion_point(module_scope)

@@ -5,10 +5,12 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -492,21 +494,49 @@ class OperationMetadata(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    ITEMS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ETA_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
     state: Global___OperationState.ValueType
     total: _builtins.int
     """Items in the operation."""
     processed: _builtins.int
-    """Items finished, successfully or not."""
+    """Items finished, successfully or not (cancelled ones included)."""
     succeeded: _builtins.int
     failed: _builtins.int
     stage: _builtins.str
-    """The stage the current item is in ("queued", "decode", "embed", "index", "done")."""
+    """What the operation is doing ("queued", "decode", "embed", "index", "done", ...)."""
+    duplicates: _builtins.int
+    """Items whose exact bytes (SHA-256) the tenant already held."""
+    remaining: _builtins.int
+    """total - processed."""
+    percent: _builtins.float
+    """processed / total, 0 to 100."""
+    items_per_second: _builtins.float
+    """Items finished per second since the first one started."""
+    paused: _builtins.bool
+    """Set while the operation is paused: no new item starts until it is resumed."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def eta(self) -> _duration_pb2.Duration:
+        """Estimated time to the end at that rate; unset until it can be estimated."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemFailure]:
+        """The first failed items (at most 20); IngestService.ListOperationFailures pages through all of them."""
+
     def __init__(
         self,
         *,
@@ -519,11 +549,49 @@ class OperationMetadata(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        duplicates: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        percent: _builtins.float = ...,
+        items_per_second: _builtins.float = ...,
+        eta: _duration_pb2.Duration | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        paused: _builtins.bool = ...,
+        failures: _abc.Iterable[Global___ItemFailure] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "eta", b"eta", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "failed", b"failed", "processed", b"processed", "stage", b"stage", "state", b"state", "succeeded", b"succeeded", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duplicates", b"duplicates", "end_time", b"end_time", "eta", b"eta", "failed", b"failed", "failures", b"failures", "items_per_second", b"items_per_second", "paused", b"paused", "percent", b"percent", "processed", b"processed", "remaining", b"remaining", "stage", b"stage", "start_time", b"start_time", "state", b"state", "succeeded", b"succeeded", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OperationMetadata: _TypeAlias = OperationMetadata  # noqa: Y015
+
+@_typing.final
+class ItemFailure(_message.Message):
+    """Why one item of an operation failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    item: _builtins.int
+    """The item's position in the operation, from 0."""
+    image_id: _builtins.str
+    """The image id it would have had."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status: ...
+    def __init__(
+        self,
+        *,
+        item: _builtins.int = ...,
+        image_id: _builtins.str = ...,
+        status: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "item", b"item", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemFailure: _TypeAlias = ItemFailure  # noqa: Y015
