@@ -24,7 +24,9 @@ TEST_PORT_BASE = int(os.environ.get("DEEPLENS_TEST_PORT_BASE", "47000"))
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = Path(tmp_path_factory.mktemp("stack"))
-    stack = Stack(StackConfig(data_dir=data_dir, port_base=TEST_PORT_BASE, durable=False))
+    # Short job limits: arq hands a dead worker's job to another only after the longest limit + 10 s.
+    environ = {**os.environ, "DEEPLENS_JOB_TIMEOUT_SECONDS": "15"}
+    stack = Stack(StackConfig(data_dir=data_dir, port_base=TEST_PORT_BASE, durable=False, environ=environ))
     try:
         stack.up(timeout=240)
         yield stack

@@ -52,7 +52,7 @@ async def test_redelivered_ingest_job_is_a_no_op(
     finally:
         await conn.close()
     assert rows == 1
-    milvus = MilvusClient(uri=endpoints["DEEPLENS_MILVUS_URI"])
+    milvus = MilvusClient(uri=endpoints["DEEPLENS_MILVUS_URI"], timeout=60)
     try:
         vectors = milvus.query(
             collection_name(settings.embedding_model, settings.embedding_model_version),

@@ -17,7 +17,9 @@ _log = logging.getLogger(__name__)
 
 
 def resource_of(request: Any) -> str:
-    """The main resource a request names, for the audit log."""
+    """The main resource a request names, for the audit log (a streamed request: the call's method only)."""
+    if not hasattr(request, "DESCRIPTOR"):
+        return ""
     for field in ("name", "parent"):
         value = getattr(request, field, "")
         if isinstance(value, str) and value:

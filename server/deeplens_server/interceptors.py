@@ -79,11 +79,24 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(cast(Any, handler.stream_unary), method, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(cast(Any, handler.stream_stream), method, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise AssertionError(f"unknown handler kind for {method}")  # every gRPC handler is one of the four
 
     def _wrap_unary(
         self, behavior: Callable[[Any, Context], Awaitable[Any]], method: str, metadata: Any
     ) -> Callable[[Any, Context], Awaitable[Any]]:
+        # ``request`` is the message, or the request iterator of a client-streaming call.
         async def wrapped(request: Any, context: Context) -> Any:
             call = _Call(self._access, method, metadata)
             failure: BaseException | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import cast
 
@@ -144,6 +144,33 @@ class DeepLensClient:
             parent=parent, content=content, image_id=image_id, tags=list(tags), request_id=request_id
         )
         return self.ingest.IngestImage(request, metadata=self._metadata, timeout=self._timeout)
+
+    def upload_images(
+        self,
+        parent: str,
+        images: Iterable[tuple[bytes, str, Sequence[str]]],
+        *,
+        request_id: str = "",
+        chunk_bytes: int = 1 << 20,
+        timeout: float | None = None,
+    ) -> operations_pb2.Operation:
+        """Uploads (content, image_id, tags) triples as one operation, each image in chunks of ``chunk_bytes``."""
+
+        def requests() -> Iterator[ingest_service_pb2.UploadImagesRequest]:
+            header = ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
+            yield ingest_service_pb2.UploadImagesRequest(header=header)
+            for item, (content, image_id, tags) in enumerate(images):
+                offsets = range(0, max(len(content), 1), chunk_bytes)
+                for n, start in enumerate(offsets):
+                    chunk = ingest_service_pb2.ImageChunk(
+                        item=item, data=content[start : start + chunk_bytes], last=n == len(offsets) - 1
+                    )
+                    if n == 0:
+                        chunk.image_id = image_id
+                        chunk.tags.extend(tags)
+                    yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
+
+        return self.ingest.UploadImages(requests(), metadata=self._metadata, timeout=timeout or self._timeout)
 
     def get_operation(self, name: str) -> operations_pb2.Operation:
         request = operations_pb2.GetOperationRequest(name=name)

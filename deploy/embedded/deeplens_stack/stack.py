@@ -388,6 +388,9 @@ class Stack:
             "127.0.0.1",
             "--port",
             str(self.config.ports["milvus"]),
+            # Server, worker jobs and tools all hold connections; the default pool of 10 threads starves.
+            "--max-workers",
+            "64",
         ]
         self.procs.start("milvus", args, env=self.child_env())
 
