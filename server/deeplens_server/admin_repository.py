@@ -490,3 +490,58 @@ class StorageLocationRepository:
         )
         if result.endswith(" 0"):
             raise _location_not_found(tenant_id, location_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenObject:
+    path: str
+    size_bytes: int
+    etag: str
+    last_modified: datetime | None
+    collection_id: str
+    image_id: str
+
+
+class ObjectIndex:
+    """What the last scan of each storage location saw (``storage_objects``)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._db = ScopedPool(pool)
+        self._pool = pool
+
+    async def seen(self, tenant_id: str, location_id: str, prefix: str) -> dict[str, SeenObject]:
+        rows = await self._db.fetch(
+            tenant_id,
+            "SELECT path, size_bytes, etag, last_modified, collection_id, image_id FROM storage_objects "
+            "WHERE tenant_id = $1 AND location_id = $2 AND starts_with(path, $3)",
+            tenant_id,
+            location_id,
+            prefix,
+        )
+        return {r["path"]: SeenObject(**dict(r)) for r in rows}
+
+    async def record(self, tenant_id: str, location_id: str, objects: list[SeenObject]) -> None:
+        async with scoped(self._pool, tenant_id) as conn:
+            await conn.executemany(
+                "INSERT INTO storage_objects (tenant_id, location_id, path, size_bytes, etag, last_modified, "
+                "collection_id, image_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (tenant_id, location_id, path) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, "
+                "etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, collection_id = EXCLUDED.collection_id, "
+                "image_id = EXCLUDED.image_id, seen_time = now()",
+                [
+                    (tenant_id, location_id, o.path, o.size_bytes, o.etag, o.last_modified, o.collection_id, o.image_id)
+                    for o in objects
+                ],
+            )
+
+    async def forget(self, tenant_id: str, location_id: str, gone: list[SeenObject]) -> None:
+        """Drops objects that disappeared, with their images' rows (vectors are the caller's)."""
+        async with scoped(self._pool, tenant_id) as conn:
+            await conn.executemany(
+                "DELETE FROM storage_objects WHERE tenant_id = $1 AND location_id = $2 AND path = $3",
+                [(tenant_id, location_id, o.path) for o in gone],
+            )
+            await conn.executemany(
+                "DELETE FROM images WHERE tenant_id = $1 AND collection_id = $2 AND image_id = $3",
+                [(tenant_id, o.collection_id, o.image_id) for o in gone],
+            )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from deeplens_server.admin_repository import AdminRepository, StorageLocationRepository
+from deeplens_server.admin_repository import AdminRepository, ObjectIndex, StorageLocationRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
 from deeplens_server.embedder import Embedder
@@ -32,6 +32,7 @@ class Backend:
     ops: OperationStore
     admin: AdminRepository
     locations: StorageLocationRepository
+    objects: ObjectIndex
     sealer: Sealer
     vectors: VectorIndex
     embedder: Embedder
@@ -94,6 +95,7 @@ class Backend:
             ops=OperationStore(repo.pool),
             admin=AdminRepository(repo.pool),
             locations=StorageLocationRepository(repo.pool),
+            objects=ObjectIndex(repo.pool),
             sealer=Sealer(settings.master_keys.get_secret_value()),
             vectors=vectors,
             embedder=embedder,

@@ -67,6 +67,11 @@ def _item(row: Any) -> ItemRecord:
     return ItemRecord(**fields)
 
 
+def _complete(record: OperationRecord) -> bool:
+    """All items are counted, and no listing (a storage scan) may still add more."""
+    return record.end_time is None and record.processed >= record.total and not record.payload.get("listing")
+
+
 def _not_found(tenant_id: str, operation_id: str) -> NotFound:
     return NotFound("operation", f"tenants/{tenant_id}/operations/{operation_id}", reason="OPERATION_NOT_FOUND")
 
@@ -238,9 +243,52 @@ class OperationStore:
                 int(duplicate),
             )
             record = _operation(row)
-            if record.processed >= record.total and record.end_time is None:
+            if _complete(record):
                 record = await self._end(conn, record, outcome, error)
             return record, True
+
+    async def add_items(
+        self,
+        tenant_id: str,
+        operation_id: str,
+        items: Sequence[dict[str, Any]],
+        *,
+        payload: dict[str, Any],
+        outcome: Outcome,
+    ) -> tuple[OperationRecord, list[int]]:
+        """Appends pending items to an operation whose listing just ended (clearing ``listing``) and returns
+        their numbers; an operation left with nothing to do ends here."""
+        async with scoped(self._pool, tenant_id) as conn:
+            op = await conn.fetchrow(
+                "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
+            )
+            if op is None:
+                raise _not_found(tenant_id, operation_id)
+            record = _operation(op)
+            if not record.payload.get("listing") or record.end_time is not None:
+                return record, []  # a re-delivered listing job: the items are already there
+            first = record.total
+            numbers = list(range(first, first + len(items)))
+            await conn.executemany(
+                "INSERT INTO operation_items (tenant_id, operation_id, item, state, source) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [
+                    (tenant_id, operation_id, n, op_states.ITEM_PENDING, src)
+                    for n, src in zip(numbers, items, strict=True)
+                ],
+            )
+            row = await conn.fetchrow(
+                "UPDATE operations SET total = total + $3, payload = $4, update_time = now() "
+                "WHERE tenant_id = $1 AND id = $2 RETURNING *",
+                tenant_id,
+                operation_id,
+                len(items),
+                {**record.payload, **payload, "listing": False},
+            )
+            record = _operation(row)
+            if _complete(record):
+                record = await self._end(conn, record, outcome, None)
+            return record, numbers
 
     @staticmethod
     async def _end(
@@ -257,6 +305,20 @@ class OperationStore:
             error,
         )
         return _operation(row)
+
+    async def abort(self, tenant_id: str, operation_id: str, error: bytes) -> OperationRecord:
+        """Ends an unfinished operation as FAILED with ``error`` (a scan whose listing could not be done)."""
+        row = await self._db.fetchrow(
+            tenant_id,
+            "UPDATE operations SET state = $3, stage = 'done', error = $4, "
+            "payload = payload || '{\"listing\": false}'::jsonb, update_time = now(), end_time = now() "
+            "WHERE tenant_id = $1 AND id = $2 AND end_time IS NULL RETURNING *",
+            tenant_id,
+            operation_id,
+            op_states.FAILED,
+            error,
+        )
+        return _operation(row) if row is not None else await self.get(tenant_id, operation_id)
 
     async def cancel(self, tenant_id: str, operation_id: str, outcome: Outcome) -> OperationRecord:
         """Cancels every pending item at once; items a worker is finishing right now still count as they end."""
@@ -285,7 +347,7 @@ class OperationStore:
                 cancelled,
             )
             record = _operation(row)
-            if record.processed >= record.total:
+            if _complete(record):
                 record = await self._end(conn, record, outcome, None)
             return record
 

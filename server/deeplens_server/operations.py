@@ -30,6 +30,7 @@ ITEM_FAILED_STATES = (ITEM_FAILED, ITEM_DEAD)
 KIND_INGEST_IMAGE = "ingest_image"
 KIND_INGEST_BATCH = "ingest_batch"
 KIND_PURGE_TENANT = "purge_tenant"
+KIND_SCAN_LOCATION = "scan_location"
 FAILURES_IN_METADATA = 20
 
 
@@ -63,6 +64,18 @@ def batch_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[in
         return FAILED, None, _status(code_pb2.ABORTED, f"all {record.failed} items failed", "ALL_ITEMS_FAILED")
     response = ingest_service_pb2.IngestImagesResponse(
         succeeded=record.succeeded, failed=record.failed, duplicates=record.duplicates
+    )
+    return SUCCEEDED, pack(response), None
+
+
+def scan_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[int, bytes | None, bytes | None]:
+    """A scan ends like an ingest, answering with what it found and did."""
+    state, _, error = batch_outcome(record, last_error)
+    if state != SUCCEEDED and not (record.total == 0 and not record.cancel_requested):
+        return state, None, error
+    counts = record.payload.get("counts", {})
+    response = ingest_service_pb2.ScanStorageLocationResponse(
+        succeeded=record.succeeded, failed=record.failed, **{k: int(v) for k, v in counts.items()}
     )
     return SUCCEEDED, pack(response), None
 

@@ -24,6 +24,7 @@ POLICIES: dict[str, MethodPolicy] = {
     "/deeplens.v1.IngestService/IngestImage": MethodPolicy(_U, True),
     "/deeplens.v1.IngestService/WatchOperation": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/UploadImages": MethodPolicy(_U, True),
+    "/deeplens.v1.IngestService/ScanStorageLocation": MethodPolicy(_U, True),
     "/deeplens.v1.IngestService/WatchOperations": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/ListOperationFailures": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/PauseOperation": MethodPolicy(_U, True),

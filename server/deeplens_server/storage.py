@@ -179,3 +179,44 @@ async def probe(spec: LocationSpec) -> ProbeResult:
     except Exception as exc:  # TimeoutError included
         return ProbeResult(False, 0, time.perf_counter() - started, _classify(exc))
     return ProbeResult(True, listed, time.perf_counter() - started, None)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    path: str
+    size_bytes: int
+    etag: str
+    last_modified: Any
+
+
+def list_images(spec: LocationSpec, prefix: str) -> list[ListedObject]:
+    """Every object with an image extension under ``prefix`` (blocking: run it in a thread)."""
+    store = open_store(spec)
+    found = []
+    try:
+        for chunk in obstore.list(store, prefix=prefix or None, chunk_size=1000):
+            for meta in chunk:
+                if meta["path"].lower().endswith(IMAGE_SUFFIXES):
+                    found.append(
+                        ListedObject(
+                            meta["path"], int(meta["size"]), meta.get("e_tag") or "", meta.get("last_modified")
+                        )
+                    )
+    except Exception as exc:
+        raise _classify(exc) from exc
+    return found
+
+
+def read_object(spec: LocationSpec, path: str) -> bytes:
+    """One object's bytes (blocking: run it in a thread)."""
+    try:
+        return bytes(obstore.get(open_store(spec), path).bytes())
+    except Exception as exc:
+        raise _classify(exc) from exc
+
+
+def object_uri(spec: LocationSpec, path: str) -> str:
+    return f"{spec.uri.rstrip('/')}/{path}"

@@ -143,6 +143,17 @@ class VectorIndex:
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
+    async def delete_images(self, tenant_id: str, keys: list[tuple[str, str]]) -> None:
+        """Deletes the vectors of these (collection, image) keys."""
+        if not keys:
+            return
+        pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
+        try:
+            async with self._write_lock:
+                await self._c.delete(self.collection, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
+        except MilvusException as exc:
+            raise Unavailable("the vector index is unavailable") from exc
+
     async def count(self, tenant_id: str) -> int:
         try:
             rows = await self._c.query(self.collection, filter=self._scope(tenant_id), output_fields=["count(*)"])

@@ -12,13 +12,14 @@ from arq.connections import RedisSettings
 from arq.worker import func as arq_func
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
-from deeplens_server.errors import Unavailable
-from deeplens_server.operations import KIND_PURGE_TENANT
+from deeplens_server.errors import DeepLensError, Unavailable
+from deeplens_server.operations import KIND_PURGE_TENANT, KIND_SCAN_LOCATION
 from deeplens_server.queue import INGEST_ITEM_JOB
+from deeplens_server.status import to_rpc_status
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
-from deeplens_worker import pipeline, purge
+from deeplens_worker import pipeline, purge, scan
 
 _log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL_SECONDS = 5
@@ -63,6 +64,22 @@ async def ingest_item(
         return "dead letter"
 
 
+async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
+    backend: Backend = ctx["backend"]
+    try:
+        return await _run(ctx, lambda b: scan.scan_location(b, tenant_id, operation_id, trace_carrier), trace_carrier)
+    except Unavailable as exc:
+        retry = _retry_or_none(ctx, exc, f"scan {tenant_id}/{operation_id}")
+        if retry is not None:
+            raise retry from exc
+        failure: DeepLensError = exc
+    except DeepLensError as exc:  # the location is gone, refused the credentials, or is no longer allowed
+        failure = exc
+    record = await backend.ops.abort(tenant_id, operation_id, to_rpc_status(failure).SerializeToString())
+    await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
+    return "failed"
+
+
 async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
     try:
         return await _run(ctx, lambda b: purge.purge_tenant(b, tenant_id, operation_id), trace_carrier)
@@ -90,6 +107,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "functions": [
             arq_func(ingest_item, name=INGEST_ITEM_JOB, timeout=settings.job_timeout_seconds),
             arq_func(purge_tenant, name=KIND_PURGE_TENANT, timeout=settings.job_timeout_seconds),
+            arq_func(scan_location, name=KIND_SCAN_LOCATION, timeout=settings.job_timeout_seconds),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

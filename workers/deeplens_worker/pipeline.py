@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from deeplens.v1 import ingest_service_pb2
-from deeplens_server import operations
+from deeplens_server import locations, operations
 from deeplens_server.api.convert import image_to_proto
 from deeplens_server.backend import Backend
-from deeplens_server.errors import DeepLensError, ImageRejected
+from deeplens_server.errors import DeepLensError, ImageRejected, NotFound
 from deeplens_server.imaging import (
     DecodedImage,
     ImageLimits,
@@ -28,6 +29,7 @@ from deeplens_server.imaging import (
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
 from deeplens_server.status import to_rpc_status
+from deeplens_server.storage import object_uri, read_object, validate
 from deeplens_server.vectors import VectorRecord
 from numpy.typing import NDArray
 
@@ -59,6 +61,8 @@ def outcome_for(record: OperationRecord, image: ImageRecord | None) -> Outcome:
             return (state, response, None) if state == operations.SUCCEEDED else (state, None, error)
 
         return single
+    if record.kind == operations.KIND_SCAN_LOCATION:
+        return operations.scan_outcome
     return operations.batch_outcome
 
 
@@ -93,6 +97,22 @@ async def fail_item(backend: Backend, tenant_id: str, operation_id: str, item: i
     await _finish(backend, record, item, operations.ITEM_DEAD, error=error)
 
 
+async def _read(backend: Backend, tenant_id: str, source: dict[str, Any]) -> tuple[bytes, str]:
+    """The item's bytes and where they live: an uploaded original, or an object in a storage location."""
+    if "location" not in source:
+        return await backend.blobs.get(tenant_id, source["sha256"]), source["storage_uri"]
+    if int(source.get("size_bytes", 0)) > backend.settings.max_image_bytes:
+        raise ImageRejected(
+            f"the object is {source['size_bytes']} bytes; the limit is {backend.settings.max_image_bytes}",
+            field="path",
+            reason="IMAGE_TOO_LARGE",
+        )
+    location = await backend.locations.get(tenant_id, source["location"])
+    spec = validate(locations.spec_of(backend, location), backend.storage_policy)
+    data = await asyncio.to_thread(read_object, spec, source["path"])
+    return data, object_uri(spec, source["path"])
+
+
 async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item: int) -> OperationRecord:
     record = await backend.ops.get(tenant_id, operation_id)
     if record.end_time is not None or record.paused:
@@ -104,10 +124,10 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     if record.state == operations.PENDING:
         record = await backend.ops.mark_running(tenant_id, operation_id, "index")
         await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
-    data = await backend.blobs.get(tenant_id, source["sha256"])
     try:
+        data, storage_uri = await _read(backend, tenant_id, source)
         analysis = await asyncio.to_thread(analyze, data, backend.limits)
-    except ImageRejected as exc:
+    except (ImageRejected, NotFound) as exc:
         return await _finish(backend, record, item, operations.ITEM_FAILED, error=exc)
 
     embedding = (await backend.embedder.embed(analysis.model_input[np.newaxis], timeout=EMBED_TIMEOUT_SECONDS))[0]
@@ -120,7 +140,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         collection_id=collection_id,
         image_id=image_id,
         sha256=analysis.decoded.sha256,
-        storage_uri=source["storage_uri"],
+        storage_uri=storage_uri,
         format=header.format,
         width=header.width,
         height=header.height,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,8 +12,15 @@ from opentelemetry import propagate
 from deeplens_server import operations, paging
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
-from deeplens_server.ingest import ImageUpload, submit_ingest, submit_upload
-from deeplens_server.names import CollectionName, parse_collection, parse_operation, parse_tenant
+from deeplens_server.ingest import ImageUpload, admit_tenant, submit_ingest, submit_upload
+from deeplens_server.names import (
+    CollectionName,
+    check_collection_id,
+    parse_collection,
+    parse_operation,
+    parse_storage_location,
+    parse_tenant,
+)
 from deeplens_server.operation_views import describe
 from deeplens_server.tenancy import require_reader_of, require_tenant
 from deeplens_server.watch import watch_operation, watch_tenant
@@ -81,6 +89,28 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         require_tenant(parent.tenant)
         uploads = _uploads(request_iterator, self._backend.settings.max_image_bytes)
         record = await submit_upload(self._backend, parent, uploads, first.header.request_id, _carrier())
+        return await describe(self._backend, record)
+
+    async def ScanStorageLocation(
+        self, request: ingest_service_pb2.ScanStorageLocationRequest, context: Context
+    ) -> operations_pb2.Operation:
+        name = parse_storage_location(request.name)
+        tenant = require_tenant(name.tenant)
+        location = await self._backend.locations.get(tenant, name.location)
+        collection = check_collection_id(request.collection_id or location.id, "collection_id")
+        if len(request.prefix) > 1024:
+            raise InvalidArgument("prefix is too long", field="prefix", reason="INVALID_PREFIX")
+        await admit_tenant(self._backend, tenant)
+        await self._backend.admin.ensure_collection(tenant, collection)
+        record, _ = await self._backend.ops.create(
+            tenant,
+            uuid.uuid4().hex,
+            kind=operations.KIND_SCAN_LOCATION,
+            items=[],
+            payload={"listing": True, "location": location.id, "prefix": request.prefix, "collection_id": collection},
+        )
+        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        await self._backend.queue.enqueue_operation(record.kind, tenant, record.id, _carrier())
         return await describe(self._backend, record)
 
     async def WatchOperation(

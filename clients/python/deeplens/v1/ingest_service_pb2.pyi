@@ -370,3 +370,70 @@ class ResumeOperationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeOperationRequest: _TypeAlias = ResumeOperationRequest  # noqa: Y015
+
+@_typing.final
+class ScanStorageLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    COLLECTION_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/storageLocations/{storage_location}`."""
+    prefix: _builtins.str
+    """Only objects under this prefix (relative to the location's own prefix)."""
+    collection_id: _builtins.str
+    """The collection the images go into; default: the storage location's id."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        collection_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection_id", b"collection_id", "name", b"name", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanStorageLocationRequest: _TypeAlias = ScanStorageLocationRequest  # noqa: Y015
+
+@_typing.final
+class ScanStorageLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LISTED_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    listed: _builtins.int
+    """Image objects found (by extension: jpg, jpeg, png, webp, tif, tiff, bmp, gif)."""
+    added: _builtins.int
+    changed: _builtins.int
+    unchanged: _builtins.int
+    deleted: _builtins.int
+    """Objects gone since the last scan; their images were removed from the index."""
+    succeeded: _builtins.int
+    failed: _builtins.int
+    def __init__(
+        self,
+        *,
+        listed: _builtins.int = ...,
+        added: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        deleted: _builtins.int = ...,
+        succeeded: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "changed", b"changed", "deleted", b"deleted", "failed", b"failed", "listed", b"listed", "succeeded", b"succeeded", "unchanged", b"unchanged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanStorageLocationResponse: _TypeAlias = ScanStorageLocationResponse  # noqa: Y015

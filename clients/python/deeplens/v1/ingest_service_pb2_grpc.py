@@ -47,6 +47,11 @@ class IngestServiceStub:
                 request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.UploadImagesRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.ScanStorageLocation = channel.unary_unary(
+                '/deeplens.v1.IngestService/ScanStorageLocation',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.ScanStorageLocationRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
         self.WatchOperation = channel.unary_stream(
                 '/deeplens.v1.IngestService/WatchOperation',
                 request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.WatchOperationRequest.SerializeToString,
@@ -93,6 +98,15 @@ class IngestServiceServicer:
         then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
         `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
         Response: `IngestImagesResponse`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScanStorageLocation(self, request, context):
+        """Ingests every image under a storage location (or a prefix of it). A re-scan is incremental: unchanged
+        objects (same size, ETag and modification time) are skipped, new and changed ones ingested, and images of
+        objects that disappeared are removed from the index. Response: `ScanStorageLocationResponse`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +159,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
             'UploadImages': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadImages,
                     request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.UploadImagesRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'ScanStorageLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScanStorageLocation,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.ScanStorageLocationRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'WatchOperation': grpc.unary_stream_rpc_method_handler(
@@ -228,6 +247,33 @@ class IngestService:
             target,
             '/deeplens.v1.IngestService/UploadImages',
             deeplens_dot_v1_dot_ingest__service__pb2.UploadImagesRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScanStorageLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.IngestService/ScanStorageLocation',
+            deeplens_dot_v1_dot_ingest__service__pb2.ScanStorageLocationRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,

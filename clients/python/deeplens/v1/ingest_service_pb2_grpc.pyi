@@ -47,6 +47,11 @@ class IngestServiceStub:
     `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
     Response: `IngestImagesResponse`.
     """
+    ScanStorageLocation: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ScanStorageLocationRequest, _operations_pb2.Operation]
+    """Ingests every image under a storage location (or a prefix of it). A re-scan is incremental: unchanged
+    objects (same size, ETag and modification time) are skipped, new and changed ones ingested, and images of
+    objects that disappeared are removed from the index. Response: `ScanStorageLocationResponse`.
+    """
     WatchOperation: _grpc.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationRequest, _ingest_service_pb2.WatchOperationResponse]
     """Streams an operation's progress: its current state first, then every change until it is done."""
     WatchOperations: _grpc.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationsRequest, _ingest_service_pb2.WatchOperationsResponse]
@@ -77,6 +82,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
     `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
     Response: `IngestImagesResponse`.
+    """
+    ScanStorageLocation: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ScanStorageLocationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Ingests every image under a storage location (or a prefix of it). A re-scan is incremental: unchanged
+    objects (same size, ETag and modification time) are skipped, new and changed ones ingested, and images of
+    objects that disappeared are removed from the index. Response: `ScanStorageLocationResponse`.
     """
     WatchOperation: _aio.UnaryStreamMultiCallable[_ingest_service_pb2.WatchOperationRequest, _ingest_service_pb2.WatchOperationResponse]  # type: ignore[assignment]
     """Streams an operation's progress: its current state first, then every change until it is done."""
@@ -117,6 +127,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         then each image is sent as one or more chunks (first chunk carries its id and tags, the last one sets
         `last`). An image refused at the door (bad format, too large) becomes a failed item; the rest go on.
         Response: `IngestImagesResponse`.
+        """
+
+    @_abc_1.abstractmethod
+    def ScanStorageLocation(
+        self,
+        request: _ingest_service_pb2.ScanStorageLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Ingests every image under a storage location (or a prefix of it). A re-scan is incremental: unchanged
+        objects (same size, ETag and modification time) are skipped, new and changed ones ingested, and images of
+        objects that disappeared are removed from the index. Response: `ScanStorageLocationResponse`.
         """
 
     @_abc_1.abstractmethod

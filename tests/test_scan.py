@@ -1,0 +1,112 @@
+"""Scanning a storage location: everything under it is indexed; a re-scan picks up an added and a changed file,
+removes the image of a deleted one, and leaves the unchanged ones alone."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import grpc
+import numpy as np
+import pytest
+from deeplens.client import DeepLensClient, error_info, operation_metadata
+from deeplens.v1 import admin_service_pb2, ingest_service_pb2, resources_pb2
+from deeplens_stack import Stack
+from google.longrunning import operations_proto_pb2 as operations_pb2
+from PIL import Image
+
+from tests.conftest import ClientFactory, new_tenant
+
+pytestmark = pytest.mark.stack
+
+
+def _jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def _scan(client: DeepLensClient, name: str, prefix: str = "") -> tuple[operations_pb2.Operation, object]:
+    op = client.ingest.ScanStorageLocation(
+        ingest_service_pb2.ScanStorageLocationRequest(name=name, prefix=prefix), metadata=client.metadata
+    )
+    done = client.wait_operation(op.name, timeout=120)
+    response = ingest_service_pb2.ScanStorageLocationResponse()
+    if done.HasField("response"):
+        done.response.Unpack(response)
+    return done, response
+
+
+def _found(client: DeepLensClient, tenant: str, content: bytes) -> list[tuple[str, float]]:
+    hits = client.search_images(f"tenants/{tenant}/collections/nas", image_content=content, top_k=10).results
+    return [(h.image.storage_uri.rsplit("/", 1)[1], round(h.score, 3)) for h in hits]
+
+
+def test_scan_then_incremental_rescan(stack: Stack, admin: DeepLensClient, connect: ClientFactory) -> None:
+    tenant, client = new_tenant(admin, connect)
+    root = stack.local_storage_root / tenant
+    (root / "2026" / "june").mkdir(parents=True)
+    files = {"a.jpg": _jpeg(1), "2026/b.jpg": _jpeg(2), "2026/june/c.JPG": _jpeg(3), "d.png": _jpeg(4)}
+    for path, data in files.items():
+        (root / path).write_bytes(data)
+    (root / "notes.txt").write_text("not an image")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    location = f"tenants/{tenant}/storageLocations/nas"
+    client.admin.CreateStorageLocation(
+        admin_service_pb2.CreateStorageLocationRequest(
+            parent=f"tenants/{tenant}",
+            storage_location_id="nas",
+            storage_location=resources_pb2.StorageLocation(uri=root.as_uri()),
+        ),
+        metadata=client.metadata,
+    )
+
+    done, first = _scan(client, location)
+    meta = operation_metadata(done)
+    assert not done.HasField("error")
+    assert (first.listed, first.added, first.changed, first.unchanged, first.deleted) == (5, 5, 0, 0, 0)  # type: ignore[attr-defined]
+    assert (meta.total, meta.succeeded, meta.failed) == (5, 4, 1)
+    assert error_info(meta.failures[0].status).reason == "IMAGE_UNDECODABLE"  # type: ignore[union-attr]
+    for path, data in files.items():
+        assert _found(client, tenant, data)[0] == (path.rsplit("/", 1)[-1], 1.0)
+
+    # Add one, change one, delete one; wait so modification times differ.
+    time.sleep(1.1)
+    (root / "2026" / "e.jpg").write_bytes(_jpeg(5))
+    (root / "a.jpg").write_bytes(_jpeg(6))
+    os.remove(root / "2026" / "b.jpg")
+    done, second = _scan(client, location)
+    assert (second.listed, second.added, second.changed, second.unchanged, second.deleted) == (5, 1, 1, 3, 1)  # type: ignore[attr-defined]
+    assert operation_metadata(done).total == 2
+    assert _found(client, tenant, _jpeg(5))[0][0] == "e.jpg"
+    assert _found(client, tenant, _jpeg(6))[0] == ("a.jpg", 1.0)  # the changed file's new content
+    assert all(score < 0.99 for _, score in _found(client, tenant, _jpeg(1)))  # its old content is gone
+    assert all(name != "b.jpg" for name, _ in _found(client, tenant, _jpeg(2)))  # the deleted file is gone
+
+    done, third = _scan(client, location, prefix="2026/june")
+    assert (third.listed, third.added, third.unchanged, third.deleted) == (1, 0, 1, 0)  # type: ignore[attr-defined]
+    assert operation_metadata(done).total == 0
+
+
+def test_scan_of_a_vanished_location_fails_with_a_reason(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory
+) -> None:
+    tenant, client = new_tenant(admin, connect)
+    client.admin.CreateStorageLocation(
+        admin_service_pb2.CreateStorageLocationRequest(
+            parent=f"tenants/{tenant}",
+            storage_location_id="s3",
+            storage_location=resources_pb2.StorageLocation(
+                uri="s3://nowhere/x", options={"endpoint": "http://127.0.0.1:1"}
+            ),
+        ),
+        metadata=client.metadata,
+    )
+    done, _ = _scan(client, f"tenants/{tenant}/storageLocations/s3")
+    assert done.HasField("error")
+    assert error_info(done.error).reason == "STORAGE_UNREACHABLE"  # type: ignore[union-attr]
+    with pytest.raises(grpc.RpcError) as exc:
+        _scan(client, f"tenants/{tenant}/storageLocations/missing")
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
