@@ -6,17 +6,23 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
+import obstore
 import pytest
 from deeplens.client import DeepLensClient, error_info, operation_metadata
 from deeplens.v1 import admin_service_pb2, ingest_service_pb2, resources_pb2
 from deeplens_stack import Stack
 from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import field_mask_pb2
 from PIL import Image
 
-from tests.conftest import ClientFactory, new_tenant
+from tests import s3server
+from tests.conftest import TEST_PORT_BASE, ClientFactory, new_tenant
+from tests.s3server import S3Server
 
 pytestmark = pytest.mark.stack
 
@@ -110,3 +116,60 @@ def test_scan_of_a_vanished_location_fails_with_a_reason(
     with pytest.raises(grpc.RpcError) as exc:
         _scan(client, f"tenants/{tenant}/storageLocations/missing")
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = s3server.start(Path(tmp_path_factory.mktemp("seaweedfs")), TEST_PORT_BASE - 3000)
+    yield server
+    server.stop()
+
+
+def test_scan_of_an_s3_bucket_on_a_real_s3_server(s3: S3Server, admin: DeepLensClient, connect: ClientFactory) -> None:
+    tenant, client = new_tenant(admin, connect)
+    bucket = s3.bucket("photos")
+    for n in range(6):
+        obstore.put(bucket, f"shoot/{n:02d}.jpg", _jpeg(100 + n))
+    obstore.put(bucket, "shoot/readme.md", b"# not an image")
+    location = resources_pb2.StorageLocation(
+        uri="s3://photos/shoot",
+        options={"endpoint": s3.endpoint, "region": "us-east-1"},
+        credentials={"access_key_id": s3server.ACCESS_KEY, "secret_access_key": s3server.SECRET_KEY},
+    )
+    client.admin.CreateStorageLocation(
+        admin_service_pb2.CreateStorageLocationRequest(
+            parent=f"tenants/{tenant}", storage_location_id="nas", storage_location=location
+        ),
+        metadata=client.metadata,
+    )
+    name = f"tenants/{tenant}/storageLocations/nas"
+    tested = client.admin.TestStorageLocation(
+        admin_service_pb2.TestStorageLocationRequest(name=name), metadata=client.metadata
+    )
+    assert tested.ok
+    assert tested.objects_listed == 1
+
+    done, first = _scan(client, name)
+    assert (first.listed, first.added) == (6, 6)  # type: ignore[attr-defined]
+    assert operation_metadata(done).succeeded == 6
+    hit = client.search_images(f"tenants/{tenant}/collections/nas", image_content=_jpeg(103), top_k=1).results[0]
+    assert hit.image.storage_uri == "s3://photos/shoot/03.jpg"
+    assert hit.score > 0.99
+
+    obstore.delete(bucket, "shoot/00.jpg")
+    obstore.put(bucket, "shoot/06.jpg", _jpeg(106))
+    _, second = _scan(client, name)
+    assert (second.listed, second.added, second.unchanged, second.deleted) == (6, 1, 5, 1)  # type: ignore[attr-defined]
+
+    wrong = admin_service_pb2.UpdateStorageLocationRequest(
+        storage_location=resources_pb2.StorageLocation(
+            name=name, credentials={"access_key_id": s3server.ACCESS_KEY, "secret_access_key": "wrong-secret-value"}
+        ),
+        update_mask=field_mask_pb2.FieldMask(paths=["credentials"]),
+    )
+    client.admin.UpdateStorageLocation(wrong, metadata=client.metadata)
+    refused = client.admin.TestStorageLocation(
+        admin_service_pb2.TestStorageLocationRequest(name=name), metadata=client.metadata
+    )
+    assert not refused.ok
+    assert error_info(refused.error).reason in {"STORAGE_ACCESS_DENIED", "STORAGE_UNREACHABLE"}  # type: ignore[union-attr]
