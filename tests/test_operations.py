@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from deeplens.client import DeepLensClient, error_info, operation_metadata
 from deeplens.v1 import ingest_service_pb2, resources_pb2
-from deeplens_server.vectors import collection_name
+from deeplens_server.vectors import GRPC_OPTIONS, collection_name
 from deeplens_stack import Stack
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from PIL import Image
-from pymilvus import MilvusClient
+from pymilvus import MilvusClient, MilvusException
 
 from tests.conftest import ClientFactory, new_tenant
 
@@ -54,13 +54,20 @@ async def _stored_counts(stack: Stack, tenant: str) -> tuple[int, int]:
             rows = int(await conn.fetchval("SELECT count(*) FROM images"))
     finally:
         await conn.close()
-    milvus = MilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=60)
-    try:
-        found = milvus.query(
-            collection_name("efficientnet_lite0", "1"), filter=f'tenant_id == "{tenant}"', output_fields=["pk"]
-        )
-    finally:
-        milvus.close()
+    found: list[dict[str, str]] = []
+    for attempt in range(3):  # a fresh client each time: a broken cached channel must not fail the count
+        milvus = MilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=60, grpc_options=GRPC_OPTIONS)
+        try:
+            found = milvus.query(
+                collection_name("efficientnet_lite0", "1"), filter=f'tenant_id == "{tenant}"', output_fields=["pk"]
+            )
+            break
+        except MilvusException:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(1)
+        finally:
+            milvus.close()
     pks = [v["pk"] for v in found]
     assert len(pks) == len(set(pks))
     return rows, len(pks)

@@ -11,7 +11,7 @@ from arq.connections import RedisSettings
 from deeplens.client import DeepLensClient
 from deeplens_server.config import Settings
 from deeplens_server.queue import INGEST_ITEM_JOB
-from deeplens_server.vectors import collection_name
+from deeplens_server.vectors import GRPC_OPTIONS, collection_name
 from deeplens_stack import Stack
 from pymilvus import MilvusClient
 
@@ -52,7 +52,7 @@ async def test_redelivered_ingest_job_is_a_no_op(
     finally:
         await conn.close()
     assert rows == 1
-    milvus = MilvusClient(uri=endpoints["DEEPLENS_MILVUS_URI"], timeout=60)
+    milvus = MilvusClient(uri=endpoints["DEEPLENS_MILVUS_URI"], timeout=60, grpc_options=GRPC_OPTIONS)
     try:
         vectors = milvus.query(
             collection_name(settings.embedding_model, settings.embedding_model_version),

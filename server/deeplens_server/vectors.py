@@ -22,6 +22,12 @@ from deeplens_server.errors import NotFound, Unavailable
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
+# pymilvus pings every 10 s even on idle connections; Milvus Lite's gRPC server (default policy: at most one
+# ping per 5 minutes without data) answers that with GOAWAY "too many pings", breaking idle connections.
+# No pings while idle, and a gentle interval otherwise, suit both Lite and Milvus proper.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 310_000, "grpc.keepalive_permit_without_calls": False}
+
+
 def collection_name(model: str, version: str) -> str:
     return f"images__{_SAFE.sub('_', model)}__v{_SAFE.sub('_', version)}"
 
@@ -57,7 +63,7 @@ class VectorIndex:
 
     def _ensure_collection_sync(self) -> None:
         # AsyncMilvusClient.create_collection is not implemented by Milvus Lite, so setup uses the sync client.
-        client = MilvusClient(uri=self._uri, token=self._token)
+        client = MilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
         try:
             if not client.has_collection(self.collection):
                 schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -86,7 +92,7 @@ class VectorIndex:
     async def open(self) -> None:
         try:
             await asyncio.to_thread(self._ensure_collection_sync)
-            self._client = AsyncMilvusClient(uri=self._uri, token=self._token)
+            self._client = AsyncMilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import grpc
 import tritonclient.grpc as triton_grpc
+from deeplens_server.vectors import GRPC_OPTIONS
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymilvus import MilvusClient
 from redis import Redis
@@ -401,7 +402,9 @@ class Stack:
             # A plain TCP check first: pymilvus logs a traceback for every refused connection.
             with socket.create_connection((uri.hostname or "127.0.0.1", uri.port or 19530), timeout=1):
                 pass
-            client = MilvusClient(uri=self.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=2)
+            client = MilvusClient(
+                uri=self.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=2, grpc_options=GRPC_OPTIONS
+            )
             try:
                 client.list_collections()
                 return True
