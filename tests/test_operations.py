@@ -278,3 +278,29 @@ def test_tenant_watch_resumes_after_disconnect_and_server_restart(
         finished = {name for name, _, done, _ in seen if done}
     assert {first.name, second_op.name} <= finished  # nothing missed across the disconnect and the restart
     assert all(name.startswith(f"tenants/{tenant}/") for name in names)  # never another tenant's
+
+
+def test_dead_letters_after_a_dependency_outage_can_be_retried(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory
+) -> None:
+    tenant, client = new_tenant(admin, connect, limits=FAST)
+    stack.procs.stop("triton")  # the embedding service is down: every item fails transiently
+    try:
+        op = client.upload_images(f"tenants/{tenant}/collections/c", _batch(3, seed=9))
+        failed = _wait(client, op.name, timeout=180)  # retried with backoff, then dead-lettered
+    finally:
+        stack.up()
+    meta = operation_metadata(failed)
+    assert (meta.state, meta.processed, meta.failed) == (STATE.OPERATION_STATE_FAILED, 3, 3)
+    assert error_info(failed.error).reason == "ALL_ITEMS_FAILED"  # type: ignore[union-attr]
+    assert all(f.retryable for f in meta.failures)
+    assert {error_info(f.status).reason for f in meta.failures} == {"EMBEDDING_UNAVAILABLE"}  # type: ignore[union-attr]
+
+    reopened = client.ingest.RetryDeadLetters(
+        ingest_service_pb2.RetryDeadLettersRequest(name=op.name), metadata=client.metadata
+    )
+    assert not reopened.done
+    done = _wait(client, op.name)
+    meta = operation_metadata(done)
+    assert (meta.state, meta.processed, meta.succeeded, meta.failed) == (STATE.OPERATION_STATE_SUCCEEDED, 3, 3, 0)
+    assert not done.HasField("error")

@@ -351,6 +351,38 @@ class OperationStore:
                 record = await self._end(conn, record, outcome, None)
             return record
 
+    async def revive_dead_letters(self, tenant_id: str, operation_id: str) -> tuple[OperationRecord, list[int]]:
+        """Puts dead items back to PENDING, uncounting them, and reopens the operation under a new generation."""
+        async with scoped(self._pool, tenant_id) as conn:
+            op = await conn.fetchrow(
+                "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
+            )
+            if op is None:
+                raise _not_found(tenant_id, operation_id)
+            revived = [
+                r["item"]
+                for r in await conn.fetch(
+                    "UPDATE operation_items SET state = $3, error = NULL, update_time = now() "
+                    "WHERE tenant_id = $1 AND operation_id = $2 AND state = $4 RETURNING item",
+                    tenant_id,
+                    operation_id,
+                    op_states.ITEM_PENDING,
+                    op_states.ITEM_DEAD,
+                )
+            ]
+            if not revived:
+                return _operation(op), []
+            row = await conn.fetchrow(
+                "UPDATE operations SET processed = processed - $3, failed = failed - $3, state = $4, stage = 'index', "
+                "response = NULL, error = NULL, end_time = NULL, cancel_requested = false, paused = false, "
+                "generation = generation + 1, update_time = now() WHERE tenant_id = $1 AND id = $2 RETURNING *",
+                tenant_id,
+                operation_id,
+                len(revived),
+                op_states.RUNNING,
+            )
+            return _operation(row), sorted(revived)
+
     async def set_paused(self, tenant_id: str, operation_id: str, paused: bool) -> OperationRecord:
         """Pauses or resumes; resuming starts a new generation, whose jobs re-deliver the pending items."""
         row = await self._db.fetchrow(

@@ -89,7 +89,9 @@ def _status(code: int, message: str, reason: str) -> bytes:
 
 
 def item_failure(item: ItemRecord) -> resources_pb2.ItemFailure:
-    failure = resources_pb2.ItemFailure(item=item.item, image_id=str(item.source.get("image_id", "")))
+    failure = resources_pb2.ItemFailure(
+        item=item.item, image_id=str(item.source.get("image_id", "")), retryable=item.state == ITEM_DEAD
+    )
     if item.error is not None:
         failure.status.CopyFrom(status_pb2.Status.FromString(item.error))
     return failure

@@ -28,6 +28,7 @@ POLICIES: dict[str, MethodPolicy] = {
     "/deeplens.v1.IngestService/WatchOperations": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/ListOperationFailures": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/PauseOperation": MethodPolicy(_U, True),
+    "/deeplens.v1.IngestService/RetryDeadLetters": MethodPolicy(_U, True),
     "/deeplens.v1.IngestService/ResumeOperation": MethodPolicy(_U, True),
     "/google.longrunning.Operations/GetOperation": MethodPolicy(_V, False),
     "/google.longrunning.Operations/ListOperations": MethodPolicy(_V, False),

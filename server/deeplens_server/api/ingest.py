@@ -152,6 +152,17 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             failures=[operations.item_failure(i) for i in page], next_page_token=token
         )
 
+    async def RetryDeadLetters(
+        self, request: ingest_service_pb2.RetryDeadLettersRequest, context: Context
+    ) -> operations_pb2.Operation:
+        name = parse_operation(request.name)
+        tenant = require_tenant(name.tenant)
+        record, revived = await self._backend.ops.revive_dead_letters(tenant, name.operation)
+        if revived:
+            await self._backend.queue.enqueue_items(tenant, record.id, revived, record.generation, _carrier())
+            await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        return await describe(self._backend, record)
+
     async def PauseOperation(
         self, request: ingest_service_pb2.PauseOperationRequest, context: Context
     ) -> operations_pb2.Operation:

@@ -67,6 +67,11 @@ class IngestServiceStub:
                 request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresResponse.FromString,
                 _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/deeplens.v1.IngestService/RetryDeadLetters',
+                request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.RetryDeadLettersRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
         self.PauseOperation = channel.unary_unary(
                 '/deeplens.v1.IngestService/PauseOperation',
                 request_serializer=deeplens_dot_v1_dot_ingest__service__pb2.PauseOperationRequest.SerializeToString,
@@ -134,6 +139,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryDeadLetters(self, request, context):
+        """Retries an operation's dead letters (items whose transient failures exhausted their retries), reopening
+        the operation if it had ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseOperation(self, request, context):
         """Pauses an operation: items in flight finish, no new item starts.
         """
@@ -180,6 +193,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.ListOperationFailures,
                     request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=deeplens_dot_v1_dot_ingest__service__pb2.RetryDeadLettersRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'PauseOperation': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseOperation,
@@ -356,6 +374,33 @@ class IngestService:
             '/deeplens.v1.IngestService/ListOperationFailures',
             deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresRequest.SerializeToString,
             deeplens_dot_v1_dot_ingest__service__pb2.ListOperationFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.IngestService/RetryDeadLetters',
+            deeplens_dot_v1_dot_ingest__service__pb2.RetryDeadLettersRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

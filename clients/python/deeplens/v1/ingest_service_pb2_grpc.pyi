@@ -60,6 +60,10 @@ class IngestServiceStub:
     """
     ListOperationFailures: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ListOperationFailuresRequest, _ingest_service_pb2.ListOperationFailuresResponse]
     """Pages through the failed items of an operation."""
+    RetryDeadLetters: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.RetryDeadLettersRequest, _operations_pb2.Operation]
+    """Retries an operation's dead letters (items whose transient failures exhausted their retries), reopening
+    the operation if it had ended.
+    """
     PauseOperation: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.PauseOperationRequest, _operations_pb2.Operation]
     """Pauses an operation: items in flight finish, no new item starts."""
     ResumeOperation: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ResumeOperationRequest, _operations_pb2.Operation]
@@ -96,6 +100,10 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     ListOperationFailures: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ListOperationFailuresRequest, _ingest_service_pb2.ListOperationFailuresResponse]  # type: ignore[assignment]
     """Pages through the failed items of an operation."""
+    RetryDeadLetters: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.RetryDeadLettersRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Retries an operation's dead letters (items whose transient failures exhausted their retries), reopening
+    the operation if it had ended.
+    """
     PauseOperation: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.PauseOperationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """Pauses an operation: items in flight finish, no new item starts."""
     ResumeOperation: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ResumeOperationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
@@ -165,6 +173,16 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_service_pb2.ListOperationFailuresResponse, _abc.Awaitable[_ingest_service_pb2.ListOperationFailuresResponse]]:
         """Pages through the failed items of an operation."""
+
+    @_abc_1.abstractmethod
+    def RetryDeadLetters(
+        self,
+        request: _ingest_service_pb2.RetryDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Retries an operation's dead letters (items whose transient failures exhausted their retries), reopening
+        the operation if it had ended.
+        """
 
     @_abc_1.abstractmethod
     def PauseOperation(

@@ -575,10 +575,13 @@ class ItemFailure(_message.Message):
     ITEM_FIELD_NUMBER: _builtins.int
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
     item: _builtins.int
     """The item's position in the operation, from 0."""
     image_id: _builtins.str
     """The image id it would have had."""
+    retryable: _builtins.bool
+    """A dead letter: transient failures (a dependency down) exhausted its retries; RetryDeadLetters retries it."""
     @_builtins.property
     def status(self) -> _status_pb2.Status: ...
     def __init__(
@@ -587,10 +590,11 @@ class ItemFailure(_message.Message):
         item: _builtins.int = ...,
         image_id: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
+        retryable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "item", b"item", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "item", b"item", "retryable", b"retryable", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
