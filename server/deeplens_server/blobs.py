@@ -42,17 +42,41 @@ class BlobStore:
     def _tenant_root(self, tenant_id: str) -> Path:
         return self._root / "tenants" / tenant_id
 
+    def _thumbnail(self, tenant_id: str, sha256: str, size: int) -> Path:
+        return self._tenant_root(tenant_id) / "thumbnails" / sha256[:2] / f"{sha256}-{size}.webp"
+
     async def usage(self, tenant_id: str) -> tuple[int, int]:
-        """(files, bytes) stored for the tenant."""
+        """(files, bytes) of the originals stored for the tenant."""
 
         def walk() -> tuple[int, int]:
-            files = [p for p in self._tenant_root(tenant_id).rglob("*") if p.is_file()]
+            files = [p for p in (self._tenant_root(tenant_id) / "originals").rglob("*") if p.is_file()]
             return len(files), sum(p.stat().st_size for p in files)
 
         return await asyncio.to_thread(walk)
 
-    async def delete_tenant(self, tenant_id: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self._tenant_root(tenant_id), True)
+    async def delete_originals(self, tenant_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._tenant_root(tenant_id) / "originals", True)
+
+    async def delete_thumbnails(self, tenant_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._tenant_root(tenant_id) / "thumbnails", True)
+
+    async def put_thumbnails(self, tenant_id: str, sha256: str, made: dict[int, bytes]) -> None:
+        def write() -> None:
+            for size, data in made.items():
+                path = self._thumbnail(tenant_id, sha256, size)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+
+        await asyncio.to_thread(write)
+
+    async def get_thumbnail(self, tenant_id: str, sha256: str, size: int) -> bytes:
+        path = self._thumbnail(tenant_id, sha256, size)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise NotFound("thumbnail", f"{sha256}-{size}", reason="THUMBNAIL_MISSING") from exc
 
     async def get(self, tenant_id: str, sha256: str) -> bytes:
         path = self._path(tenant_id, sha256)

@@ -9,10 +9,13 @@ preprocessing function for the embedding model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -22,8 +25,9 @@ from PIL import Image, ImageOps
 from deeplens_server.errors import ImageRejected
 
 MODEL_INPUT_SIZE = 224
-# Long side of the working copy: enough for 224 px model input and 32 px hashes with headroom.
-WORKING_SIZE = 512
+# Long side of the working copy: the largest thumbnail; plenty for 224 px model input and 32 px hashes.
+WORKING_SIZE = 600
+THUMBNAIL_SIZES = (150, 300, 600)
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
 
 
@@ -47,6 +51,8 @@ class DecodedImage:
     size_bytes: int
     # RGB working copy, oriented, long side at most WORKING_SIZE (about, for JPEG drafts).
     working: Image.Image
+    # Camera facts from EXIF (camera_make, camera_model, taken_time, latitude, longitude, orientation).
+    exif: dict[str, Any] = field(default_factory=dict)
 
 
 def content_sha256(data: bytes) -> str:
@@ -112,8 +118,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
     fmt = str(img.format)
     try:
         width, height = _oriented_size(img)
+        exif = read_exif(img)
         if fmt in ("JPEG", "MPO"):
-            img.draft("RGB", (WORKING_SIZE // 2, WORKING_SIZE // 2))
+            img.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
@@ -134,6 +141,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         sha256=content_sha256(data),
         size_bytes=len(data),
         working=working,
+        exif=exif,
     )
 
 
@@ -152,3 +160,57 @@ class PerceptualHashes:
 def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
     """64-bit pHash and dHash as 16 hex digits each."""
     return PerceptualHashes(phash=str(imagehash.phash(image)), dhash=str(imagehash.dhash(image)))
+
+
+def _text(value: object, limit: int = 64) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return "".join(ch for ch in text if ch.isprintable()).strip()[:limit]
+
+
+def _degrees(value: object, ref: object) -> float | None:
+    try:
+        d, m, s = (float(x) for x in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    result = d + m / 60 + s / 3600
+    return -result if _text(ref) in ("S", "W") else result
+
+
+def read_exif(img: Image.Image) -> dict[str, Any]:
+    """Camera make and model, capture time, GPS position and orientation; anything malformed is skipped."""
+    facts: dict[str, Any] = {}
+    try:
+        exif = img.getexif()
+        if not exif:
+            return facts
+        for tag, key in ((0x010F, "camera_make"), (0x0110, "camera_model")):
+            if exif.get(tag):
+                facts[key] = _text(exif[tag])
+        orientation = exif.get(0x0112)
+        if isinstance(orientation, int) and 1 <= orientation <= 8:
+            facts["orientation"] = orientation
+        taken = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        if taken:
+            with contextlib.suppress(ValueError):
+                when = datetime.strptime(_text(taken, 19), "%Y:%m:%d %H:%M:%S")
+                facts["taken_time"] = when.replace(tzinfo=UTC).isoformat()
+        gps = exif.get_ifd(0x8825)
+        if gps:
+            lat, lon = _degrees(gps.get(2), gps.get(1)), _degrees(gps.get(4), gps.get(3))
+            if lat is not None and lon is not None and -90 <= lat <= 90 and -180 <= lon <= 180:
+                facts["latitude"], facts["longitude"] = lat, lon
+    except Exception:  # hostile or broken EXIF must not cost the image
+        return facts
+    return facts
+
+
+def thumbnails(image: Image.Image) -> dict[int, bytes]:
+    """WebP thumbnails whose long side is each of THUMBNAIL_SIZES (or the image's own, if smaller)."""
+    made = {}
+    for size in THUMBNAIL_SIZES:
+        copy = image.copy()
+        copy.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        out = io.BytesIO()
+        copy.save(out, format="WEBP", quality=80, method=4)
+        made[size] = out.getvalue()
+    return made

@@ -21,6 +21,7 @@ _V, _U, _E, _A, _P = Role.VIEWER, Role.UPLOADER, Role.EDITOR, Role.TENANT_ADMIN,
 
 POLICIES: dict[str, MethodPolicy] = {
     "/deeplens.v1.SearchService/SearchImages": MethodPolicy(_V, False),
+    "/deeplens.v1.SearchService/GetImageThumbnail": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/IngestImage": MethodPolicy(_U, True),
     "/deeplens.v1.IngestService/WatchOperation": MethodPolicy(_V, False),
     "/deeplens.v1.IngestService/UploadImages": MethodPolicy(_U, True),

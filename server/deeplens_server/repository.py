@@ -34,28 +34,33 @@ class ImageRecord:
     model: str
     tags: list[str] = field(default_factory=list)
     create_time: datetime | None = None
+    exif: dict[str, Any] = field(default_factory=dict)
+    thumbnails: list[int] = field(default_factory=list)
 
 
 _IMAGE_COLUMNS = (
     "tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, size_bytes, "
-    "phash, dhash, model, tags, create_time"
+    "phash, dhash, model, tags, create_time, exif, thumbnails"
 )
 
 
 def _image(row: Mapping[str, Any]) -> ImageRecord:
     fields = dict(row)
     fields["tags"] = list(fields["tags"])
+    fields["thumbnails"] = list(fields["thumbnails"])
     return ImageRecord(**fields)
 
 
 async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
     await conn.execute(
         "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
-        "size_bytes, phash, dhash, model, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+        "size_bytes, phash, dhash, model, tags, exif, thumbnails) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
         "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
         "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
         "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
-        "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, update_time = now()",
+        "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, exif = EXCLUDED.exif, "
+        "thumbnails = EXCLUDED.thumbnails, update_time = now()",
         image.tenant_id,
         image.collection_id,
         image.image_id,
@@ -69,6 +74,8 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
         image.dhash,
         image.model,
         image.tags,
+        image.exif,
+        image.thumbnails,
     )
 
 

@@ -25,6 +25,7 @@ from deeplens_server.imaging import (
     decode_image,
     model_input,
     perceptual_hashes,
+    thumbnails,
 )
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
@@ -43,12 +44,15 @@ class Analysis:
     decoded: DecodedImage
     hashes: PerceptualHashes
     model_input: NDArray[np.uint8]
+    thumbnails: dict[int, bytes]
 
 
 def analyze(data: bytes, limits: ImageLimits) -> Analysis:
     """All CPU work on the bytes, from one decode (run in a thread)."""
     decoded = decode_image(data, limits)
-    return Analysis(decoded, perceptual_hashes(decoded.working), model_input(decoded.working))
+    return Analysis(
+        decoded, perceptual_hashes(decoded.working), model_input(decoded.working), thumbnails(decoded.working)
+    )
 
 
 def outcome_for(record: OperationRecord, image: ImageRecord | None) -> Outcome:
@@ -134,6 +138,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     collection_id, image_id = source["collection_id"], source["image_id"]
     duplicate = await backend.repo.has_content(tenant_id, analysis.decoded.sha256, exclude=(collection_id, image_id))
     await backend.vectors.upsert(tenant_id, [VectorRecord(collection_id, image_id, embedding)])
+    await backend.blobs.put_thumbnails(tenant_id, analysis.decoded.sha256, analysis.thumbnails)
     header = analysis.decoded.header
     image = ImageRecord(
         tenant_id=tenant_id,
@@ -149,5 +154,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         dhash=analysis.hashes.dhash,
         model=backend.embedder.model_id,
         tags=list(source.get("tags", [])),
+        exif=analysis.decoded.exif,
+        thumbnails=sorted(analysis.thumbnails),
     )
     return await _finish(backend, record, item, operations.ITEM_SUCCEEDED, image=image, duplicate=duplicate)

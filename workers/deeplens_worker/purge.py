@@ -36,8 +36,9 @@ async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> O
         await backend.admin.mark_tenant_deleted(tenant_id)  # first: no key works from here on
         await backend.vectors.delete(tenant_id)
         await backend.admin.purge_tenant_rows(tenant_id, operation_id)
+        await backend.blobs.delete_thumbnails(tenant_id)
         if delete_originals:
-            await backend.blobs.delete_tenant(tenant_id)
+            await backend.blobs.delete_originals(tenant_id)
     packed = operations.pack(response)
     record, _ = await backend.ops.finish_item(
         tenant_id,

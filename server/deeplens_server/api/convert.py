@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from deeplens.v1 import resources_pb2
 
 from deeplens_server.admin_repository import ApiKeyRecord, AuditRecord, CollectionRecord, Limits, TenantRecord
@@ -87,4 +90,28 @@ def image_to_proto(record: ImageRecord) -> resources_pb2.Image:
         tags=record.tags,
         model=record.model,
         create_time=timestamp(record.create_time),
+        exif=exif_to_proto(record.exif),
+        thumbnails=[THUMBNAIL_ENUM[size] for size in record.thumbnails if size in THUMBNAIL_ENUM],
     )
+
+
+THUMBNAIL_ENUM = {
+    150: resources_pb2.THUMBNAIL_SIZE_150,
+    300: resources_pb2.THUMBNAIL_SIZE_300,
+    600: resources_pb2.THUMBNAIL_SIZE_600,
+}
+
+
+def exif_to_proto(facts: dict[str, Any]) -> resources_pb2.Exif | None:
+    if not facts:
+        return None
+    exif = resources_pb2.Exif(
+        camera_make=facts.get("camera_make", ""),
+        camera_model=facts.get("camera_model", ""),
+        orientation=int(facts.get("orientation", 0)),
+    )
+    if "taken_time" in facts:
+        exif.taken_time.FromDatetime(datetime.fromisoformat(facts["taken_time"]))
+    if "latitude" in facts and "longitude" in facts:
+        exif.has_location, exif.latitude, exif.longitude = True, facts["latitude"], facts["longitude"]
+    return exif

@@ -1,18 +1,25 @@
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import grpc
-from deeplens.v1 import search_service_pb2, search_service_pb2_grpc
+from deeplens.v1 import resources_pb2, search_service_pb2, search_service_pb2_grpc
+from PIL import Image
 
 from deeplens_server.api.convert import image_to_proto
 from deeplens_server.backend import Backend
-from deeplens_server.errors import InvalidArgument
+from deeplens_server.errors import InvalidArgument, NotFound
 from deeplens_server.names import parse_image, parse_scope
 from deeplens_server.search import SearchQuery, check_query, search_similar
 from deeplens_server.tenancy import require_tenant
 
 Context = grpc.aio.ServicerContext[Any, Any]
+THUMBNAIL_PIXELS = {
+    resources_pb2.THUMBNAIL_SIZE_150: 150,
+    resources_pb2.THUMBNAIL_SIZE_300: 300,
+    resources_pb2.THUMBNAIL_SIZE_600: 600,
+}
 
 
 class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
@@ -38,4 +45,22 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
         return search_service_pb2.SearchImagesResponse(
             results=[search_service_pb2.SearchResult(score=h.score, image=image_to_proto(h.image)) for h in hits],
             model=self._backend.embedder.model_id,
+        )
+
+    async def GetImageThumbnail(
+        self, request: search_service_pb2.GetImageThumbnailRequest, context: Context
+    ) -> search_service_pb2.GetImageThumbnailResponse:
+        image = parse_image(request.name)
+        tenant = require_tenant(image.tenant)
+        size = THUMBNAIL_PIXELS.get(request.size or resources_pb2.THUMBNAIL_SIZE_300)
+        if size is None:
+            raise InvalidArgument("unknown thumbnail size", field="size", reason="INVALID_THUMBNAIL_SIZE")
+        record = await self._backend.repo.get_image(tenant, image.collection, image.image)
+        if size not in record.thumbnails:
+            raise NotFound("thumbnail", f"{request.name}@{size}", reason="THUMBNAIL_MISSING")
+        content = await self._backend.blobs.get_thumbnail(tenant, record.sha256, size)
+        with Image.open(io.BytesIO(content)) as thumb:
+            width, height = thumb.size
+        return search_service_pb2.GetImageThumbnailResponse(
+            content=content, mime_type="image/webp", width=width, height=height
         )

@@ -56,6 +56,26 @@ ROLE_PLATFORM_ADMIN: Role.ValueType  # 5
 """Manages tenants; holds no tenant's data."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ThumbnailSize:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThumbnailSizeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThumbnailSize.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THUMBNAIL_SIZE_UNSPECIFIED: _ThumbnailSize.ValueType  # 0
+    THUMBNAIL_SIZE_150: _ThumbnailSize.ValueType  # 1
+    THUMBNAIL_SIZE_300: _ThumbnailSize.ValueType  # 2
+    THUMBNAIL_SIZE_600: _ThumbnailSize.ValueType  # 3
+
+class ThumbnailSize(_ThumbnailSize, metaclass=_ThumbnailSizeEnumTypeWrapper):
+    """Long side of a thumbnail, in pixels (never larger than the image itself)."""
+
+THUMBNAIL_SIZE_UNSPECIFIED: ThumbnailSize.ValueType  # 0
+THUMBNAIL_SIZE_150: ThumbnailSize.ValueType  # 1
+THUMBNAIL_SIZE_300: ThumbnailSize.ValueType  # 2
+THUMBNAIL_SIZE_600: ThumbnailSize.ValueType  # 3
+Global___ThumbnailSize: _TypeAlias = ThumbnailSize  # noqa: Y015
+
 class _OperationState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -433,6 +453,8 @@ class Image(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXIF_FIELD_NUMBER: _builtins.int
+    THUMBNAILS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `tenants/{tenant}/collections/{collection}/images/{image}`."""
     sha256: _builtins.str
@@ -455,6 +477,14 @@ class Image(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def exif(self) -> Global___Exif:
+        """From the image's EXIF block, when it has one."""
+
+    @_builtins.property
+    def thumbnails(self) -> _containers.RepeatedScalarFieldContainer[Global___ThumbnailSize.ValueType]:
+        """Thumbnail sizes available through SearchService.GetImageThumbnail."""
+
     def __init__(
         self,
         *,
@@ -470,14 +500,59 @@ class Image(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         model: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        exif: Global___Exif | None = ...,
+        thumbnails: _abc.Iterable[Global___ThumbnailSize.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "exif", b"exif"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dhash", b"dhash", "format", b"format", "height", b"height", "model", b"model", "name", b"name", "phash", b"phash", "sha256", b"sha256", "size_bytes", b"size_bytes", "storage_uri", b"storage_uri", "tags", b"tags", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dhash", b"dhash", "exif", b"exif", "format", b"format", "height", b"height", "model", b"model", "name", b"name", "phash", b"phash", "sha256", b"sha256", "size_bytes", b"size_bytes", "storage_uri", b"storage_uri", "tags", b"tags", "thumbnails", b"thumbnails", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class Exif(_message.Message):
+    """What the camera recorded. Orientation is already applied to everything DeepLens derives from the image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMERA_MAKE_FIELD_NUMBER: _builtins.int
+    CAMERA_MODEL_FIELD_NUMBER: _builtins.int
+    TAKEN_TIME_FIELD_NUMBER: _builtins.int
+    HAS_LOCATION_FIELD_NUMBER: _builtins.int
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    ORIENTATION_FIELD_NUMBER: _builtins.int
+    camera_make: _builtins.str
+    camera_model: _builtins.str
+    has_location: _builtins.bool
+    latitude: _builtins.float
+    longitude: _builtins.float
+    orientation: _builtins.int
+    """EXIF orientation tag, 1 to 8."""
+    @_builtins.property
+    def taken_time(self) -> _timestamp_pb2.Timestamp:
+        """When the photo was taken, as the camera's clock said (no time zone in EXIF: read as UTC)."""
+
+    def __init__(
+        self,
+        *,
+        camera_make: _builtins.str = ...,
+        camera_model: _builtins.str = ...,
+        taken_time: _timestamp_pb2.Timestamp | None = ...,
+        has_location: _builtins.bool = ...,
+        latitude: _builtins.float = ...,
+        longitude: _builtins.float = ...,
+        orientation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["taken_time", b"taken_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera_make", b"camera_make", "camera_model", b"camera_model", "has_location", b"has_location", "latitude", b"latitude", "longitude", b"longitude", "orientation", b"orientation", "taken_time", b"taken_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Exif: _TypeAlias = Exif  # noqa: Y015
 
 @_typing.final
 class OperationMetadata(_message.Message):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from deeplens.v1 import resources_pb2 as deeplens_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deeplens/v1/search_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\"\x7f\n\x13SearchImagesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\rimage_content\x18\x02 \x01(\x0cH\x00\x12\x14\n\nimage_name\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x42\x07\n\x05query\"Q\n\x14SearchImagesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.deeplens.v1.SearchResult\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0cSearchResult\x12\r\n\x05score\x18\x01 \x01(\x02\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.deeplens.v1.Image2d\n\rSearchService\x12S\n\x0cSearchImages\x12 .deeplens.v1.SearchImagesRequest\x1a!.deeplens.v1.SearchImagesResponseBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deeplens/v1/search_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\"R\n\x18GetImageThumbnailRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04size\x18\x02 \x01(\x0e\x32\x1a.deeplens.v1.ThumbnailSize\"^\n\x19GetImageThumbnailResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"\x7f\n\x13SearchImagesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\rimage_content\x18\x02 \x01(\x0cH\x00\x12\x14\n\nimage_name\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x42\x07\n\x05query\"Q\n\x14SearchImagesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.deeplens.v1.SearchResult\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0cSearchResult\x12\r\n\x05score\x18\x01 \x01(\x02\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.deeplens.v1.Image2\xc8\x01\n\rSearchService\x12S\n\x0cSearchImages\x12 .deeplens.v1.SearchImagesRequest\x1a!.deeplens.v1.SearchImagesResponse\x12\x62\n\x11GetImageThumbnail\x12%.deeplens.v1.GetImageThumbnailRequest\x1a&.deeplens.v1.GetImageThumbnailResponseBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deeplens.v1.search_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.deeplens.v1P\001Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1'
-  _globals['_SEARCHIMAGESREQUEST']._serialized_start=78
-  _globals['_SEARCHIMAGESREQUEST']._serialized_end=205
-  _globals['_SEARCHIMAGESRESPONSE']._serialized_start=207
-  _globals['_SEARCHIMAGESRESPONSE']._serialized_end=288
-  _globals['_SEARCHRESULT']._serialized_start=290
-  _globals['_SEARCHRESULT']._serialized_end=354
-  _globals['_SEARCHSERVICE']._serialized_start=356
-  _globals['_SEARCHSERVICE']._serialized_end=456
+  _globals['_GETIMAGETHUMBNAILREQUEST']._serialized_start=78
+  _globals['_GETIMAGETHUMBNAILREQUEST']._serialized_end=160
+  _globals['_GETIMAGETHUMBNAILRESPONSE']._serialized_start=162
+  _globals['_GETIMAGETHUMBNAILRESPONSE']._serialized_end=256
+  _globals['_SEARCHIMAGESREQUEST']._serialized_start=258
+  _globals['_SEARCHIMAGESREQUEST']._serialized_end=385
+  _globals['_SEARCHIMAGESRESPONSE']._serialized_start=387
+  _globals['_SEARCHIMAGESRESPONSE']._serialized_end=468
+  _globals['_SEARCHRESULT']._serialized_start=470
+  _globals['_SEARCHRESULT']._serialized_end=534
+  _globals['_SEARCHSERVICE']._serialized_start=537
+  _globals['_SEARCHSERVICE']._serialized_end=737
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,59 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetImageThumbnailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/collections/{collection}/images/{image}`."""
+    size: _resources_pb2.ThumbnailSize.ValueType
+    """Default: THUMBNAIL_SIZE_300."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size: _resources_pb2.ThumbnailSize.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageThumbnailRequest: _TypeAlias = GetImageThumbnailRequest  # noqa: Y015
+
+@_typing.final
+class GetImageThumbnailResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    mime_type: _builtins.str
+    """"image/webp"."""
+    width: _builtins.int
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "height", b"height", "mime_type", b"mime_type", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageThumbnailResponse: _TypeAlias = GetImageThumbnailResponse  # noqa: Y015
+
+@_typing.final
 class SearchImagesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

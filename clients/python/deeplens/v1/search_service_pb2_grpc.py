@@ -40,6 +40,11 @@ class SearchServiceStub:
                 request_serializer=deeplens_dot_v1_dot_search__service__pb2.SearchImagesRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_search__service__pb2.SearchImagesResponse.FromString,
                 _registered_method=True)
+        self.GetImageThumbnail = channel.unary_unary(
+                '/deeplens.v1.SearchService/GetImageThumbnail',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -53,6 +58,13 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImageThumbnail(self, request, context):
+        """An indexed image's thumbnail (WebP).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.SearchImages,
                     request_deserializer=deeplens_dot_v1_dot_search__service__pb2.SearchImagesRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_search__service__pb2.SearchImagesResponse.SerializeToString,
+            ),
+            'GetImageThumbnail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImageThumbnail,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class SearchService:
             '/deeplens.v1.SearchService/SearchImages',
             deeplens_dot_v1_dot_search__service__pb2.SearchImagesRequest.SerializeToString,
             deeplens_dot_v1_dot_search__service__pb2.SearchImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImageThumbnail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/GetImageThumbnail',
+            deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,8 @@ class SearchServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SearchServiceAsyncStub: ...
     SearchImages: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.SearchImagesRequest, _search_service_pb2.SearchImagesResponse]
     """Finds the images most similar to a query image, best first."""
+    GetImageThumbnail: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.GetImageThumbnailRequest, _search_service_pb2.GetImageThumbnailResponse]
+    """An indexed image's thumbnail (WebP)."""
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -43,6 +45,8 @@ class SearchServiceAsyncStub(SearchServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SearchImages: _aio.UnaryUnaryMultiCallable[_search_service_pb2.SearchImagesRequest, _search_service_pb2.SearchImagesResponse]  # type: ignore[assignment]
     """Finds the images most similar to a query image, best first."""
+    GetImageThumbnail: _aio.UnaryUnaryMultiCallable[_search_service_pb2.GetImageThumbnailRequest, _search_service_pb2.GetImageThumbnailResponse]  # type: ignore[assignment]
+    """An indexed image's thumbnail (WebP)."""
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     """Visual similarity search."""
@@ -54,5 +58,13 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_service_pb2.SearchImagesResponse, _abc.Awaitable[_search_service_pb2.SearchImagesResponse]]:
         """Finds the images most similar to a query image, best first."""
+
+    @_abc_1.abstractmethod
+    def GetImageThumbnail(
+        self,
+        request: _search_service_pb2.GetImageThumbnailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.GetImageThumbnailResponse, _abc.Awaitable[_search_service_pb2.GetImageThumbnailResponse]]:
+        """An indexed image's thumbnail (WebP)."""
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
