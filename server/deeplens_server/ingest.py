@@ -3,6 +3,7 @@ items, enqueue one job per item. Never waits for the work."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from deeplens_server.admin_repository import Limits
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.errors import FailedPrecondition, ImageRejected, InvalidArgument, ResourceExhausted
+from deeplens_server.fetch import check_url
 from deeplens_server.imaging import ImageLimits, content_sha256, inspect_image
 from deeplens_server.names import CollectionName, check_image_id
 from deeplens_server.operation_store import OperationRecord
@@ -139,6 +141,28 @@ async def submit_ingest(
     limits, held, active = await admit_tenant(backend, parent.tenant)
     source = await stage_image(backend, parent, upload, limits)
     _check_quota(parent.tenant, limits, held, active, 1)
+    return await _start(
+        backend, parent, operations.KIND_INGEST_IMAGE, [(operations.ITEM_PENDING, source, None)], key, trace_carrier
+    )
+
+
+async def submit_url(
+    backend: Backend,
+    parent: CollectionName,
+    url: str,
+    upload: ImageUpload,
+    request_id: str,
+    trace_carrier: dict[str, str],
+) -> OperationRecord:
+    """One image by URL: the URL is checked now, fetched (and judged) by a worker."""
+    key = _check_request_id(request_id)
+    check_url(url, backend.storage_policy)
+    tags = _check_tags(upload.tags)
+    digest = hashlib.sha256(url.encode()).hexdigest()
+    image_id = check_image_id(upload.image_id) if upload.image_id else "u" + digest[: DEFAULT_ID_HEX_DIGITS - 1]
+    limits, held, active = await admit_tenant(backend, parent.tenant)
+    _check_quota(parent.tenant, limits, held, active, 1)
+    source = {"url": url, "collection_id": parent.collection, "image_id": image_id, "tags": tags}
     return await _start(
         backend, parent, operations.KIND_INGEST_IMAGE, [(operations.ITEM_PENDING, source, None)], key, trace_carrier
     )

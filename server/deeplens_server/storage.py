@@ -72,7 +72,7 @@ def _bad(message: str, field_name: str, reason: str) -> InvalidArgument:
     return InvalidArgument(message, field=field_name, reason=reason)
 
 
-def _check_host(host: str, policy: StoragePolicy, field_name: str) -> None:
+def check_host(host: str, policy: StoragePolicy, field_name: str) -> None:
     if policy.allow_private_endpoints:
         return
     try:
@@ -112,12 +112,12 @@ def validate(spec: LocationSpec, policy: StoragePolicy) -> LocationSpec:
     elif not parts.netloc:
         raise _bad("uri needs a bucket, container or host", "uri", "INVALID_STORAGE_URI")
     if scheme in ("http", "https"):
-        _check_host(parts.hostname or "", policy, "uri")
+        check_host(parts.hostname or "", policy, "uri")
     if "endpoint" in spec.options:
         endpoint = urlsplit(spec.options["endpoint"])
         if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
             raise _bad("endpoint must be an http(s) URL", "options[endpoint]", "INVALID_STORAGE_OPTION")
-        _check_host(endpoint.hostname, policy, "options[endpoint]")
+        check_host(endpoint.hostname, policy, "options[endpoint]")
     return spec
 
 

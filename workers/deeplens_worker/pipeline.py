@@ -18,6 +18,7 @@ from deeplens_server import locations, operations
 from deeplens_server.api.convert import image_to_proto
 from deeplens_server.backend import Backend
 from deeplens_server.errors import DeepLensError, ImageRejected, NotFound
+from deeplens_server.fetch import fetch_image
 from deeplens_server.imaging import (
     DecodedImage,
     ImageLimits,
@@ -103,6 +104,9 @@ async def fail_item(backend: Backend, tenant_id: str, operation_id: str, item: i
 
 async def _read(backend: Backend, tenant_id: str, source: dict[str, Any]) -> tuple[bytes, str]:
     """The item's bytes and where they live: an uploaded original, or an object in a storage location."""
+    if "url" in source:
+        data = await fetch_image(source["url"], backend.storage_policy, backend.settings.max_image_bytes)
+        return data, source["url"]
     if "location" not in source:
         return await backend.blobs.get(tenant_id, source["sha256"]), source["storage_uri"]
     if int(source.get("size_bytes", 0)) > backend.settings.max_image_bytes:

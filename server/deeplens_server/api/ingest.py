@@ -12,7 +12,7 @@ from opentelemetry import propagate
 from deeplens_server import operations, paging
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
-from deeplens_server.ingest import ImageUpload, admit_tenant, submit_ingest, submit_upload
+from deeplens_server.ingest import ImageUpload, admit_tenant, submit_ingest, submit_upload, submit_url
 from deeplens_server.names import (
     CollectionName,
     check_collection_id,
@@ -76,7 +76,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         parent = parse_collection(request.parent)
         require_tenant(parent.tenant)
         upload = ImageUpload(content=request.content, image_id=request.image_id, tags=tuple(request.tags))
-        record = await submit_ingest(self._backend, parent, upload, request.request_id, _carrier())
+        if request.WhichOneof("source") == "source_uri":
+            record = await submit_url(self._backend, parent, request.source_uri, upload, request.request_id, _carrier())
+        else:
+            record = await submit_ingest(self._backend, parent, upload, request.request_id, _carrier())
         return await describe(self._backend, record)
 
     async def UploadImages(

@@ -26,7 +26,7 @@ from deeplens.v1 import resources_pb2 as deeplens_dot_v1_dot_resources__pb2
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deeplens/v1/ingest_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\x1a#google/longrunning/operations.proto\"i\n\x12IngestImageRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"8\n\x13IngestImageResponse\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.deeplens.v1.Image\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x16WatchOperationResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"t\n\x13UploadImagesRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.deeplens.v1.UploadHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.deeplens.v1.ImageChunkH\x00\x42\x06\n\x04part\"2\n\x0cUploadHeader\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\nImageChunk\x12\x0c\n\x04item\x18\x01 \x01(\x05\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"M\n\x14IngestImagesResponse\x12\x11\n\tsucceeded\x18\x01 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\">\n\x16WatchOperationsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"a\n\x17WatchOperationsResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"S\n\x1cListOperationFailuresRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x1dListOperationFailuresResponse\x12*\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x18.deeplens.v1.ItemFailure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17RetryDeadLettersRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15PauseOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x16ResumeOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x1aScanStorageLocationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x15\n\rcollection_id\x18\x03 \x01(\t\"\x94\x01\n\x1bScanStorageLocationResponse\x12\x0e\n\x06listed\x18\x01 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x03\x12\x11\n\tunchanged\x18\x04 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x03\x12\x11\n\tsucceeded\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x03\x32\xc2\x06\n\rIngestService\x12M\n\x0bIngestImage\x12\x1f.deeplens.v1.IngestImageRequest\x1a\x1d.google.longrunning.Operation\x12Q\n\x0cUploadImages\x12 .deeplens.v1.UploadImagesRequest\x1a\x1d.google.longrunning.Operation(\x01\x12]\n\x13ScanStorageLocation\x12\'.deeplens.v1.ScanStorageLocationRequest\x1a\x1d.google.longrunning.Operation\x12[\n\x0eWatchOperation\x12\".deeplens.v1.WatchOperationRequest\x1a#.deeplens.v1.WatchOperationResponse0\x01\x12^\n\x0fWatchOperations\x12#.deeplens.v1.WatchOperationsRequest\x1a$.deeplens.v1.WatchOperationsResponse0\x01\x12n\n\x15ListOperationFailures\x12).deeplens.v1.ListOperationFailuresRequest\x1a*.deeplens.v1.ListOperationFailuresResponse\x12W\n\x10RetryDeadLetters\x12$.deeplens.v1.RetryDeadLettersRequest\x1a\x1d.google.longrunning.Operation\x12S\n\x0ePauseOperation\x12\".deeplens.v1.PauseOperationRequest\x1a\x1d.google.longrunning.Operation\x12U\n\x0fResumeOperation\x12#.deeplens.v1.ResumeOperationRequest\x1a\x1d.google.longrunning.OperationBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deeplens/v1/ingest_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\x1a#google/longrunning/operations.proto\"\x8b\x01\n\x12IngestImageRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x11\n\x07\x63ontent\x18\x03 \x01(\x0cH\x00\x12\x14\n\nsource_uri\x18\x06 \x01(\tH\x00\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x08\n\x06source\"8\n\x13IngestImageResponse\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.deeplens.v1.Image\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x16WatchOperationResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"t\n\x13UploadImagesRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.deeplens.v1.UploadHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.deeplens.v1.ImageChunkH\x00\x42\x06\n\x04part\"2\n\x0cUploadHeader\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\nImageChunk\x12\x0c\n\x04item\x18\x01 \x01(\x05\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"M\n\x14IngestImagesResponse\x12\x11\n\tsucceeded\x18\x01 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\">\n\x16WatchOperationsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"a\n\x17WatchOperationsResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\"S\n\x1cListOperationFailuresRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x1dListOperationFailuresResponse\x12*\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x18.deeplens.v1.ItemFailure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17RetryDeadLettersRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15PauseOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x16ResumeOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x1aScanStorageLocationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x15\n\rcollection_id\x18\x03 \x01(\t\"\x94\x01\n\x1bScanStorageLocationResponse\x12\x0e\n\x06listed\x18\x01 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x03\x12\x11\n\tunchanged\x18\x04 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x03\x12\x11\n\tsucceeded\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x03\x32\xc2\x06\n\rIngestService\x12M\n\x0bIngestImage\x12\x1f.deeplens.v1.IngestImageRequest\x1a\x1d.google.longrunning.Operation\x12Q\n\x0cUploadImages\x12 .deeplens.v1.UploadImagesRequest\x1a\x1d.google.longrunning.Operation(\x01\x12]\n\x13ScanStorageLocation\x12\'.deeplens.v1.ScanStorageLocationRequest\x1a\x1d.google.longrunning.Operation\x12[\n\x0eWatchOperation\x12\".deeplens.v1.WatchOperationRequest\x1a#.deeplens.v1.WatchOperationResponse0\x01\x12^\n\x0fWatchOperations\x12#.deeplens.v1.WatchOperationsRequest\x1a$.deeplens.v1.WatchOperationsResponse0\x01\x12n\n\x15ListOperationFailures\x12).deeplens.v1.ListOperationFailuresRequest\x1a*.deeplens.v1.ListOperationFailuresResponse\x12W\n\x10RetryDeadLetters\x12$.deeplens.v1.RetryDeadLettersRequest\x1a\x1d.google.longrunning.Operation\x12S\n\x0ePauseOperation\x12\".deeplens.v1.PauseOperationRequest\x1a\x1d.google.longrunning.Operation\x12U\n\x0fResumeOperation\x12#.deeplens.v1.ResumeOperationRequest\x1a\x1d.google.longrunning.OperationBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,40 +34,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deeplens.v1.ingest_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.deeplens.v1P\001Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1'
-  _globals['_INGESTIMAGEREQUEST']._serialized_start=115
-  _globals['_INGESTIMAGEREQUEST']._serialized_end=220
-  _globals['_INGESTIMAGERESPONSE']._serialized_start=222
-  _globals['_INGESTIMAGERESPONSE']._serialized_end=278
-  _globals['_WATCHOPERATIONREQUEST']._serialized_start=280
-  _globals['_WATCHOPERATIONREQUEST']._serialized_end=317
-  _globals['_WATCHOPERATIONRESPONSE']._serialized_start=319
-  _globals['_WATCHOPERATIONRESPONSE']._serialized_end=393
-  _globals['_UPLOADIMAGESREQUEST']._serialized_start=395
-  _globals['_UPLOADIMAGESREQUEST']._serialized_end=511
-  _globals['_UPLOADHEADER']._serialized_start=513
-  _globals['_UPLOADHEADER']._serialized_end=563
-  _globals['_IMAGECHUNK']._serialized_start=565
-  _globals['_IMAGECHUNK']._serialized_end=651
-  _globals['_INGESTIMAGESRESPONSE']._serialized_start=653
-  _globals['_INGESTIMAGESRESPONSE']._serialized_end=730
-  _globals['_WATCHOPERATIONSREQUEST']._serialized_start=732
-  _globals['_WATCHOPERATIONSREQUEST']._serialized_end=794
-  _globals['_WATCHOPERATIONSRESPONSE']._serialized_start=796
-  _globals['_WATCHOPERATIONSRESPONSE']._serialized_end=893
-  _globals['_LISTOPERATIONFAILURESREQUEST']._serialized_start=895
-  _globals['_LISTOPERATIONFAILURESREQUEST']._serialized_end=978
-  _globals['_LISTOPERATIONFAILURESRESPONSE']._serialized_start=980
-  _globals['_LISTOPERATIONFAILURESRESPONSE']._serialized_end=1080
-  _globals['_RETRYDEADLETTERSREQUEST']._serialized_start=1082
-  _globals['_RETRYDEADLETTERSREQUEST']._serialized_end=1121
-  _globals['_PAUSEOPERATIONREQUEST']._serialized_start=1123
-  _globals['_PAUSEOPERATIONREQUEST']._serialized_end=1160
-  _globals['_RESUMEOPERATIONREQUEST']._serialized_start=1162
-  _globals['_RESUMEOPERATIONREQUEST']._serialized_end=1200
-  _globals['_SCANSTORAGELOCATIONREQUEST']._serialized_start=1202
-  _globals['_SCANSTORAGELOCATIONREQUEST']._serialized_end=1283
-  _globals['_SCANSTORAGELOCATIONRESPONSE']._serialized_start=1286
-  _globals['_SCANSTORAGELOCATIONRESPONSE']._serialized_end=1434
-  _globals['_INGESTSERVICE']._serialized_start=1437
-  _globals['_INGESTSERVICE']._serialized_end=2271
+  _globals['_INGESTIMAGEREQUEST']._serialized_start=116
+  _globals['_INGESTIMAGEREQUEST']._serialized_end=255
+  _globals['_INGESTIMAGERESPONSE']._serialized_start=257
+  _globals['_INGESTIMAGERESPONSE']._serialized_end=313
+  _globals['_WATCHOPERATIONREQUEST']._serialized_start=315
+  _globals['_WATCHOPERATIONREQUEST']._serialized_end=352
+  _globals['_WATCHOPERATIONRESPONSE']._serialized_start=354
+  _globals['_WATCHOPERATIONRESPONSE']._serialized_end=428
+  _globals['_UPLOADIMAGESREQUEST']._serialized_start=430
+  _globals['_UPLOADIMAGESREQUEST']._serialized_end=546
+  _globals['_UPLOADHEADER']._serialized_start=548
+  _globals['_UPLOADHEADER']._serialized_end=598
+  _globals['_IMAGECHUNK']._serialized_start=600
+  _globals['_IMAGECHUNK']._serialized_end=686
+  _globals['_INGESTIMAGESRESPONSE']._serialized_start=688
+  _globals['_INGESTIMAGESRESPONSE']._serialized_end=765
+  _globals['_WATCHOPERATIONSREQUEST']._serialized_start=767
+  _globals['_WATCHOPERATIONSREQUEST']._serialized_end=829
+  _globals['_WATCHOPERATIONSRESPONSE']._serialized_start=831
+  _globals['_WATCHOPERATIONSRESPONSE']._serialized_end=928
+  _globals['_LISTOPERATIONFAILURESREQUEST']._serialized_start=930
+  _globals['_LISTOPERATIONFAILURESREQUEST']._serialized_end=1013
+  _globals['_LISTOPERATIONFAILURESRESPONSE']._serialized_start=1015
+  _globals['_LISTOPERATIONFAILURESRESPONSE']._serialized_end=1115
+  _globals['_RETRYDEADLETTERSREQUEST']._serialized_start=1117
+  _globals['_RETRYDEADLETTERSREQUEST']._serialized_end=1156
+  _globals['_PAUSEOPERATIONREQUEST']._serialized_start=1158
+  _globals['_PAUSEOPERATIONREQUEST']._serialized_end=1195
+  _globals['_RESUMEOPERATIONREQUEST']._serialized_start=1197
+  _globals['_RESUMEOPERATIONREQUEST']._serialized_end=1235
+  _globals['_SCANSTORAGELOCATIONREQUEST']._serialized_start=1237
+  _globals['_SCANSTORAGELOCATIONREQUEST']._serialized_end=1318
+  _globals['_SCANSTORAGELOCATIONRESPONSE']._serialized_start=1321
+  _globals['_SCANSTORAGELOCATIONRESPONSE']._serialized_end=1469
+  _globals['_INGESTSERVICE']._serialized_start=1472
+  _globals['_INGESTSERVICE']._serialized_end=2306
 # @@protoc_insertion_point(module_scope)

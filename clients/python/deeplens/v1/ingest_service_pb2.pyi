@@ -27,6 +27,7 @@ class IngestImageRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    SOURCE_URI_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
@@ -35,10 +36,15 @@ class IngestImageRequest(_message.Message):
     """
     image_id: _builtins.str
     """The image's id inside the collection. Optional: defaults to the first 32 hex digits of the content's
-    SHA-256, so ingesting the same bytes twice addresses the same image.
+    SHA-256 (of the URL, for `source_uri`), so ingesting the same bytes twice addresses the same image.
     """
     content: _builtins.bytes
     """The encoded image (JPEG, PNG, WebP, TIFF, BMP, GIF)."""
+    source_uri: _builtins.str
+    """An http(s) URL the worker fetches (time-limited, size-capped, image content types only, at most 5
+    redirects; private and loopback addresses refused unless the operator allows them). The default
+    image id then derives from the URL.
+    """
     request_id: _builtins.str
     """Idempotency key (AIP-155): retrying with the same request_id returns the same operation."""
     @_builtins.property
@@ -51,14 +57,17 @@ class IngestImageRequest(_message.Message):
         parent: _builtins.str = ...,
         image_id: _builtins.str = ...,
         content: _builtins.bytes = ...,
+        source_uri: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "source", b"source", "source_uri", b"source_uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image_id", b"image_id", "parent", b"parent", "request_id", b"request_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image_id", b"image_id", "parent", b"parent", "request_id", b"request_id", "source", b"source", "source_uri", b"source_uri", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["content", "source_uri"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___IngestImageRequest: _TypeAlias = IngestImageRequest  # noqa: Y015
 
