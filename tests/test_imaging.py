@@ -9,6 +9,7 @@ import pytest
 from deeplens_server.errors import ImageRejected
 from deeplens_server.imaging import (
     MODEL_INPUT_SIZE,
+    WORKING_SIZE,
     ImageLimits,
     decode_image,
     inspect_image,
@@ -44,7 +45,7 @@ def test_jpeg_is_decoded_at_reduced_size_but_reports_true_size() -> None:
     big = Image.new("RGB", (4000, 3000), (120, 30, 200))
     decoded = decode_image(_encode(big, "JPEG"), LIMITS)
     assert (decoded.header.width, decoded.header.height) == (4000, 3000)
-    assert max(decoded.working.size) <= 512
+    assert max(decoded.working.size) <= WORKING_SIZE
 
 
 def test_exif_orientation_is_applied_before_hashing() -> None:
