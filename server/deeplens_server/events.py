@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from deeplens_server.errors import Unavailable
+
+if TYPE_CHECKING:
+    from deeplens_server.operation_store import OperationRecord
 
 
 def stream_key(tenant_id: str) -> str:
@@ -49,6 +53,10 @@ class EventLog:
         except RedisError as exc:
             raise Unavailable("the event stream is unavailable") from exc
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    async def announce(self, record: OperationRecord) -> str:
+        """Says that ``record``'s operation changed (to its state and stage)."""
+        return await self.publish(record.tenant_id, record.id, state=record.state, stage=record.stage)
 
     async def last_id(self, tenant_id: str) -> str:
         """The id of the newest event (``0-0`` if none): read it before a snapshot, then tail from it."""

@@ -122,7 +122,7 @@ async def _start(
     )
     if record.end_time is None:
         if created:
-            await backend.events.publish(parent.tenant, record.id, state=record.state, stage=record.stage)
+            await backend.events.announce(record)
         pending = (
             [n for n, (state, _, _) in enumerate(items) if state == operations.ITEM_PENDING]
             if created

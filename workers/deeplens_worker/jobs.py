@@ -76,7 +76,7 @@ async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, 
     except DeepLensError as exc:  # the location is gone, refused the credentials, or is no longer allowed
         failure = exc
     record = await backend.ops.abort(tenant_id, operation_id, to_rpc_status(failure).SerializeToString())
-    await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
+    await backend.events.announce(record)
     return "failed"
 
 

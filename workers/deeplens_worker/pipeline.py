@@ -92,7 +92,7 @@ async def _finish(
         duplicate=duplicate,
     )
     if counted:
-        await backend.events.publish(record.tenant_id, record.id, state=final.state, stage=final.stage)
+        await backend.events.announce(final)
     return final
 
 
@@ -131,7 +131,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     source = current.source
     if record.state == operations.PENDING:
         record = await backend.ops.mark_running(tenant_id, operation_id, "index")
-        await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
+        await backend.events.announce(record)
     try:
         data, storage_uri = await _read(backend, tenant_id, source)
         analysis = await asyncio.to_thread(analyze, data, backend.limits)

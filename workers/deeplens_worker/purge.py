@@ -16,8 +16,7 @@ async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> O
     dry_run = bool(record.payload.get("dry_run", True))
     delete_originals = bool(record.payload.get("delete_originals", False))
 
-    await backend.ops.mark_running(tenant_id, operation_id, "count")
-    await backend.events.publish(tenant_id, operation_id, state=operations.RUNNING, stage="count")
+    await backend.events.announce(await backend.ops.mark_running(tenant_id, operation_id, "count"))
     counts = await backend.admin.purge_counts(tenant_id, operation_id)
     vectors = await backend.vectors.count(tenant_id)
     files, size = await backend.blobs.usage(tenant_id)
@@ -31,8 +30,7 @@ async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> O
         original_bytes=size if delete_originals else 0,
     )
     if not dry_run:
-        await backend.ops.mark_running(tenant_id, operation_id, "purge")
-        await backend.events.publish(tenant_id, operation_id, state=operations.RUNNING, stage="purge")
+        await backend.events.announce(await backend.ops.mark_running(tenant_id, operation_id, "purge"))
         await backend.admin.mark_tenant_deleted(tenant_id)  # first: no key works from here on
         await backend.vectors.delete(tenant_id)
         await backend.admin.purge_tenant_rows(tenant_id, operation_id)
@@ -47,5 +45,5 @@ async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> O
         state=operations.ITEM_SUCCEEDED,
         outcome=lambda final, _error: (operations.SUCCEEDED, packed, None),
     )
-    await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
+    await backend.events.announce(record)
     return record

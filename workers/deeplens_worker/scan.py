@@ -30,7 +30,7 @@ async def scan_location(backend: Backend, tenant_id: str, operation_id: str, tra
     payload = record.payload
     location_id, prefix, collection_id = payload["location"], payload.get("prefix", ""), payload["collection_id"]
     record = await backend.ops.mark_running(tenant_id, operation_id, "list")
-    await backend.events.publish(tenant_id, operation_id, state=record.state, stage=record.stage)
+    await backend.events.announce(record)
     location = await backend.locations.get(tenant_id, location_id)
     spec = validate(locations.spec_of(backend, location), backend.storage_policy)
     listed = await asyncio.to_thread(list_images, spec, prefix)

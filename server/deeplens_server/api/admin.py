@@ -118,7 +118,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             items=[(operations.ITEM_PENDING, {"tenant": tenant}, None)],
             payload={"dry_run": not request.force, "delete_originals": request.delete_originals},
         )
-        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        await self._backend.events.announce(record)
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         await self._backend.queue.enqueue_operation(record.kind, tenant, record.id, carrier)

@@ -112,7 +112,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             items=[],
             payload={"listing": True, "location": location.id, "prefix": request.prefix, "collection_id": collection},
         )
-        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        await self._backend.events.announce(record)
         await self._backend.queue.enqueue_operation(record.kind, tenant, record.id, _carrier())
         return await describe(self._backend, record)
 
@@ -163,7 +163,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         record, revived = await self._backend.ops.revive_dead_letters(tenant, name.operation)
         if revived:
             await self._backend.queue.enqueue_items(tenant, record.id, revived, record.generation, _carrier())
-            await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+            await self._backend.events.announce(record)
         return await describe(self._backend, record)
 
     async def PauseOperation(
@@ -172,7 +172,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         name = parse_operation(request.name)
         tenant = require_tenant(name.tenant)
         record = await self._backend.ops.set_paused(tenant, name.operation, True)
-        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        await self._backend.events.announce(record)
         return await describe(self._backend, record)
 
     async def ResumeOperation(
@@ -183,5 +183,5 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         record = await self._backend.ops.set_paused(tenant, name.operation, False)
         pending = await self._backend.ops.pending_items(tenant, record.id)
         await self._backend.queue.enqueue_items(tenant, record.id, pending, record.generation, _carrier())
-        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        await self._backend.events.announce(record)
         return await describe(self._backend, record)

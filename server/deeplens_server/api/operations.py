@@ -85,7 +85,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         name = parse_operation(request.name)
         tenant = require_tenant(name.tenant)
         record = await self._backend.ops.cancel(tenant, name.operation, operations.batch_outcome)
-        await self._backend.events.publish(tenant, record.id, state=record.state, stage=record.stage)
+        await self._backend.events.announce(record)
         return empty_pb2.Empty()
 
     async def DeleteOperation(
