@@ -362,3 +362,34 @@ def test_concurrent_operation_limit(admin: DeepLensClient, connect: ClientFactor
         assert not client.wait_operation(op.name, timeout=120).HasField("error")
     # Once nothing is in flight, the next one is accepted again.
     assert client.wait_operation(client.ingest_image(parent, photos["moon"]).name, timeout=120).done
+
+
+def test_hostile_names_are_still_audited_and_nul_text_is_refused(
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant, owner = new_tenant(admin, connect)
+    hostile = f"tenants/{tenant}/apiKeys/\x00'; DROP TABLE audit_events; --"
+    _expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_RESOURCE_NAME",
+        lambda: owner.admin.RevokeApiKey(admin_service_pb2.RevokeApiKeyRequest(name=hostile), metadata=owner.metadata),
+    )
+    events = owner.admin.ListAuditEvents(
+        admin_service_pb2.ListAuditEventsRequest(parent=f"tenants/{tenant}"), metadata=owner.metadata
+    ).audit_events
+    assert events[0].method.endswith("RevokeApiKey")
+    assert events[0].outcome == "INVALID_ARGUMENT"
+    assert events[0].resource == f"tenants/{tenant}/apiKeys/\\x00'; DROP TABLE audit_events; --"
+    _expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST_ID",
+        lambda: owner.ingest_image(f"tenants/{tenant}/collections/c", photos["moon"], request_id="a\x00b"),
+    )
+    _expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+        lambda: owner.admin.ListCollections(
+            admin_service_pb2.ListCollectionsRequest(parent=f"tenants/{tenant}", page_token="eyJhIjogIlx1MDAwMCJ9"),
+            metadata=owner.metadata,
+        ),
+    )

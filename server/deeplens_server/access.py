@@ -16,6 +16,11 @@ from deeplens_server.tenancy import Principal
 _log = logging.getLogger(__name__)
 
 
+def _printable(value: str, limit: int = 512) -> str:
+    """Hostile names must not break the audit write: escape what PostgreSQL text cannot hold or show."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in value[:limit])
+
+
 def resource_of(request: Any) -> str:
     """The main resource a request names, for the audit log (a streamed request: the call's method only)."""
     if not hasattr(request, "DESCRIPTOR"):
@@ -23,12 +28,12 @@ def resource_of(request: Any) -> str:
     for field in ("name", "parent"):
         value = getattr(request, field, "")
         if isinstance(value, str) and value:
-            return value
+            return _printable(value)
     tenant_id = getattr(request, "tenant_id", "")
     if isinstance(tenant_id, str) and tenant_id:
-        return f"tenants/{tenant_id}"
+        return _printable(f"tenants/{tenant_id}")
     tenant = getattr(request, "tenant", None)
-    return str(getattr(tenant, "name", "") or "")
+    return _printable(str(getattr(tenant, "name", "") or ""))
 
 
 class AccessControl:

@@ -57,7 +57,7 @@ def _check_tags(tags: tuple[str, ...]) -> list[str]:
 
 
 def _check_request_id(request_id: str) -> str | None:
-    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+    if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable():
         raise InvalidArgument("request_id is too long", field="request_id", reason="INVALID_REQUEST_ID")
     return request_id or None
 

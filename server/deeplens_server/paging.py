@@ -33,7 +33,7 @@ def decode(token: str) -> str | None:
         value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["a"]
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidArgument("page_token is not valid", field="page_token", reason="INVALID_PAGE_TOKEN") from exc
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value.isprintable():
         raise InvalidArgument("page_token is not valid", field="page_token", reason="INVALID_PAGE_TOKEN")
     return value
 

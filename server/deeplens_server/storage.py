@@ -103,7 +103,10 @@ def validate(spec: LocationSpec, policy: StoragePolicy) -> LocationSpec:
             raise _bad(
                 f"credential {key!r} does not apply to {scheme}://", f"credentials[{key}]", "INVALID_STORAGE_CREDENTIAL"
             )
-    if any(len(v) > 8192 for v in (*spec.options.values(), *spec.credentials.values())):
+    if not spec.uri.isprintable():
+        raise _bad("uri must be printable", "uri", "INVALID_STORAGE_URI")
+    values = (*spec.options.values(), *spec.credentials.values())
+    if any(len(v) > 8192 or "\x00" in v for v in values):
         raise _bad("an option or credential is too long", "options", "INVALID_STORAGE_OPTION")
     if scheme == "file":
         path = Path(parts.path).resolve()

@@ -101,7 +101,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         tenant = require_tenant(name.tenant)
         location = await self._backend.locations.get(tenant, name.location)
         collection = check_collection_id(request.collection_id or location.id, "collection_id")
-        if len(request.prefix) > 1024:
+        if len(request.prefix) > 1024 or not request.prefix.isprintable():
             raise InvalidArgument("prefix is too long", field="prefix", reason="INVALID_PREFIX")
         await admit_tenant(self._backend, tenant)
         await self._backend.admin.ensure_collection(tenant, collection)
