@@ -125,11 +125,14 @@ def test_worker_killed_mid_batch_finishes_with_exact_counts(
         time.sleep(0.05)
     worker = stack.procs.get("worker")
     assert worker is not None
-    os.killpg(worker.pid, signal.SIGKILL)  # mid-batch, with jobs in flight
-    at_kill = operation_metadata(client.get_operation(op.name)).processed
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)  # mid-batch, with jobs in flight
+        at_kill = operation_metadata(client.get_operation(op.name)).processed
+    finally:
+        stack.up()  # a new worker, whatever happened above; the dead one's jobs come back after their limit
+    assert stack.procs.running("worker")
     assert at_kill < 300
-    stack.up()  # starts a new worker; the dead one's jobs come back after their time limit
-    done = _wait(client, op.name, timeout=300)
+    done = _wait(client, op.name, timeout=200)  # below the per-test limit: a stall fails here, readably
     meta = operation_metadata(done)
     assert (meta.total, meta.processed, meta.succeeded, meta.failed) == (300, 300, 300, 0)
     assert asyncio.run(_stored_counts(stack, tenant)) == (300, 300)
@@ -254,8 +257,10 @@ def test_tenant_watch_resumes_after_disconnect_and_server_restart(
     token = seen[-1][3]
     assert token
 
-    stack.procs.stop("server")  # the watcher's server goes away; state lives in PostgreSQL and Redis
-    stack.up()
+    try:
+        stack.procs.stop("server")  # the watcher's server goes away; state lives in PostgreSQL and Redis
+    finally:
+        stack.up()
     second_op = client.upload_images(parent, _batch(30, seed=7))
     _wait(client, first.name)
     _wait(client, second_op.name)
