@@ -68,6 +68,12 @@ class PermissionDenied(DeepLensError):
     reason = "PERMISSION_DENIED"
 
 
+class Cancelled(DeepLensError):
+    """The work was cancelled at the caller's request."""
+
+    reason = "CANCELLED"
+
+
 class Aborted(DeepLensError):
     """A concurrency conflict: an etag did not match (AIP-154). Re-read and retry."""
 

@@ -32,6 +32,11 @@ class OperationEvent:
     stage: str
 
 
+def _text(value: object) -> str:
+    """Redis replies are bytes unless the client decodes them; accept both."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _key(event_id: str) -> tuple[int, int]:
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
@@ -52,7 +57,7 @@ class EventLog:
             )
         except RedisError as exc:
             raise Unavailable("the event stream is unavailable") from exc
-        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+        return _text(event_id)
 
     async def announce(self, record: OperationRecord) -> str:
         """Says that ``record``'s operation changed (to its state and stage)."""
@@ -67,7 +72,7 @@ class EventLog:
         if not newest:
             return "0-0"
         event_id = newest[0][0]
-        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+        return _text(event_id)
 
     async def trimmed_past(self, tenant_id: str, event_id: str) -> bool:
         """Whether events after ``event_id`` may have been trimmed away (the oldest kept is newer)."""
@@ -77,7 +82,7 @@ class EventLog:
             raise Unavailable("the event stream is unavailable") from exc
         if not oldest:
             return False
-        first = oldest[0][0].decode() if isinstance(oldest[0][0], bytes) else str(oldest[0][0])
+        first = _text(oldest[0][0])
         return _key(first) > _key(event_id) and _key(event_id) != (0, 0)
 
     async def tail(self, tenant_id: str, after: str, *, block_ms: int) -> AsyncIterator[list[OperationEvent]]:
@@ -92,10 +97,7 @@ class EventLog:
             batch: list[OperationEvent] = []
             for _key, entries in reply or []:
                 for raw_id, fields in entries:
-                    cursor = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-                    decoded = {
-                        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                        for k, v in fields.items()
-                    }
+                    cursor = _text(raw_id)
+                    decoded = {_text(k): _text(v) for k, v in fields.items()}
                     batch.append(OperationEvent(cursor, decoded["operation"], int(decoded["state"]), decoded["stage"]))
             yield batch

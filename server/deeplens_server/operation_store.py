@@ -67,6 +67,16 @@ def _item(row: Any) -> ItemRecord:
     return ItemRecord(**fields)
 
 
+async def _lock(conn: asyncpg.Connection, tenant_id: str, operation_id: str) -> asyncpg.Record:
+    """The operation's row, locked for the rest of the transaction."""
+    op = await conn.fetchrow(
+        "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
+    )
+    if op is None:
+        raise _not_found(tenant_id, operation_id)
+    return op
+
+
 def _complete(record: OperationRecord) -> bool:
     """All items are counted, and no listing (a storage scan) may still add more."""
     return record.end_time is None and record.processed >= record.total and not record.payload.get("listing")
@@ -214,11 +224,7 @@ class OperationStore:
         """Moves a pending item to ``state`` and counts it; returns the operation and whether this call
         counted (False: the item had already left PENDING — a re-delivery). ``image`` is stored only then."""
         async with scoped(self._pool, tenant_id) as conn:
-            op = await conn.fetchrow(
-                "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
-            )
-            if op is None:
-                raise _not_found(tenant_id, operation_id)
+            op = await _lock(conn, tenant_id, operation_id)
             moved = await conn.fetchval(
                 "UPDATE operation_items SET state = $4, error = $5, update_time = now() "
                 "WHERE tenant_id = $1 AND operation_id = $2 AND item = $3 AND state = $6 RETURNING item",
@@ -259,11 +265,7 @@ class OperationStore:
         """Appends pending items to an operation whose listing just ended (clearing ``listing``) and returns
         their numbers; an operation left with nothing to do ends here."""
         async with scoped(self._pool, tenant_id) as conn:
-            op = await conn.fetchrow(
-                "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
-            )
-            if op is None:
-                raise _not_found(tenant_id, operation_id)
+            op = await _lock(conn, tenant_id, operation_id)
             record = _operation(op)
             if not record.payload.get("listing") or record.end_time is not None:
                 return record, []  # a re-delivered listing job: the items are already there
@@ -323,11 +325,7 @@ class OperationStore:
     async def cancel(self, tenant_id: str, operation_id: str, outcome: Outcome) -> OperationRecord:
         """Cancels every pending item at once; items a worker is finishing right now still count as they end."""
         async with scoped(self._pool, tenant_id) as conn:
-            op = await conn.fetchrow(
-                "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
-            )
-            if op is None:
-                raise _not_found(tenant_id, operation_id)
+            op = await _lock(conn, tenant_id, operation_id)
             if op["end_time"] is not None:
                 return _operation(op)
             result = await conn.execute(
@@ -354,11 +352,7 @@ class OperationStore:
     async def revive_dead_letters(self, tenant_id: str, operation_id: str) -> tuple[OperationRecord, list[int]]:
         """Puts dead items back to PENDING, uncounting them, and reopens the operation under a new generation."""
         async with scoped(self._pool, tenant_id) as conn:
-            op = await conn.fetchrow(
-                "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, operation_id
-            )
-            if op is None:
-                raise _not_found(tenant_id, operation_id)
+            op = await _lock(conn, tenant_id, operation_id)
             revived = [
                 r["item"]
                 for r in await conn.fetch(

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING
 from deeplens.v1 import ingest_service_pb2, resources_pb2
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import status_pb2
+
+from deeplens_server.errors import Aborted, Cancelled, DeepLensError
+from deeplens_server.status import to_rpc_status
 
 if TYPE_CHECKING:
     from deeplens_server.operation_store import ItemRecord, OperationRecord
@@ -57,11 +60,11 @@ def batch_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[in
     """How an ingest ends: cancelled if asked; failed (with the last item's error) if no item succeeded;
     otherwise succeeded — failed items are reported in the metadata, not as the operation's error."""
     if record.cancel_requested:
-        return CANCELLED, None, _status(code_pb2.CANCELLED, "the operation was cancelled", "CANCELLED")
+        return CANCELLED, None, _status(Cancelled("the operation was cancelled"))
     if record.succeeded == 0 and record.failed > 0:
         if record.total == 1 and last_error is not None:
             return FAILED, None, last_error
-        return FAILED, None, _status(code_pb2.ABORTED, f"all {record.failed} items failed", "ALL_ITEMS_FAILED")
+        return FAILED, None, _status(Aborted(f"all {record.failed} items failed", reason="ALL_ITEMS_FAILED"))
     response = ingest_service_pb2.IngestImagesResponse(
         succeeded=record.succeeded, failed=record.failed, duplicates=record.duplicates
     )
@@ -80,12 +83,8 @@ def scan_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[int
     return SUCCEEDED, pack(response), None
 
 
-def _status(code: int, message: str, reason: str) -> bytes:
-    status = status_pb2.Status(code=code, message=message)
-    packed = any_pb2.Any()
-    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="deeplens.dev"))
-    status.details.append(packed)
-    return status.SerializeToString()
+def _status(error: DeepLensError) -> bytes:
+    return to_rpc_status(error).SerializeToString()
 
 
 def item_failure(item: ItemRecord) -> resources_pb2.ItemFailure:

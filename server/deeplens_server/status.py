@@ -30,6 +30,7 @@ _CODES: list[tuple[type[errors.DeepLensError], grpc.StatusCode]] = [
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.Cancelled, grpc.StatusCode.CANCELLED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
