@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import threading
 import time
@@ -123,10 +122,9 @@ def test_worker_killed_mid_batch_finishes_with_exact_counts(
     while operation_metadata(client.get_operation(op.name)).processed < 40:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    worker = stack.procs.get("worker")
-    assert worker is not None
     try:
-        os.killpg(worker.pid, signal.SIGKILL)  # mid-batch, with jobs in flight
+        # Mid-batch, with jobs in flight; stop() returns once the process is gone, so up() starts a new one.
+        assert stack.procs.stop("worker", sig=signal.SIGKILL)
         at_kill = operation_metadata(client.get_operation(op.name)).processed
     finally:
         stack.up()  # a new worker, whatever happened above; the dead one's jobs come back after their limit
