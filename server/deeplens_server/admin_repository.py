@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from deeplens_server.db import ScopedPool, scoped
+from deeplens_server.duplicate_store import remove_collection_images, remove_image
 from deeplens_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 LIMIT_FIELDS = ("max_images", "max_image_bytes", "max_image_pixels", "requests_per_second", "max_concurrent_operations")
@@ -229,9 +230,7 @@ class AdminRepository:
                     reason="COLLECTION_NOT_EMPTY",
                     metadata={"images": str(count)},
                 )
-            await conn.execute(
-                "DELETE FROM images WHERE tenant_id = $1 AND collection_id = $2", tenant_id, collection_id
-            )
+            await remove_collection_images(conn, tenant_id, collection_id)
             await conn.execute("DELETE FROM collections WHERE tenant_id = $1 AND id = $2", tenant_id, collection_id)
             return int(count)
 
@@ -375,6 +374,8 @@ class AdminRepository:
     async def purge_tenant_rows(self, tenant_id: str, keep_operation: str) -> None:
         async with scoped(self._pool, tenant_id) as conn:
             await conn.execute("DELETE FROM images WHERE tenant_id = $1", tenant_id)
+            for table in ("duplicate_links", "duplicate_groups", "duplicate_decisions"):
+                await conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM collections WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM storage_locations WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM operations WHERE tenant_id = $1 AND id <> $2", tenant_id, keep_operation)
@@ -541,7 +542,17 @@ class ObjectIndex:
                 "DELETE FROM storage_objects WHERE tenant_id = $1 AND location_id = $2 AND path = $3",
                 [(tenant_id, location_id, o.path) for o in gone],
             )
-            await conn.executemany(
-                "DELETE FROM images WHERE tenant_id = $1 AND collection_id = $2 AND image_id = $3",
-                [(tenant_id, o.collection_id, o.image_id) for o in gone],
-            )
+            for o in gone:
+                await remove_image(conn, tenant_id, (o.collection_id, o.image_id))
+
+    async def path_of(self, tenant_id: str, collection_id: str, image_id: str) -> tuple[str, str] | None:
+        """(storage location, path) of the object an image was scanned from, if it was."""
+        row = await self._db.fetchrow(
+            tenant_id,
+            "SELECT location_id, path FROM storage_objects WHERE tenant_id = $1 AND collection_id = $2 "
+            "AND image_id = $3 LIMIT 1",
+            tenant_id,
+            collection_id,
+            image_id,
+        )
+        return (row["location_id"], row["path"]) if row is not None else None

@@ -7,11 +7,13 @@ and hex digests only, so no request field can steer a read or write outside the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 from deeplens_server.errors import NotFound
+from deeplens_server.imaging import THUMBNAIL_SIZES
 
 
 class BlobStore:
@@ -59,6 +61,22 @@ class BlobStore:
 
     async def delete_thumbnails(self, tenant_id: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self._tenant_root(tenant_id) / "thumbnails", True)
+
+    async def delete_content(self, tenant_id: str, sha256: str, *, original: bool) -> int:
+        """Deletes the thumbnails of this content and, if asked, its original; returns the original's size."""
+
+        def remove() -> int:
+            freed = 0
+            for size in THUMBNAIL_SIZES:
+                self._thumbnail(tenant_id, sha256, size).unlink(missing_ok=True)
+            if original:
+                path = self._path(tenant_id, sha256)
+                with contextlib.suppress(FileNotFoundError):
+                    freed = path.stat().st_size
+                    path.unlink()
+            return freed
+
+        return await asyncio.to_thread(remove)
 
     async def put_thumbnails(self, tenant_id: str, sha256: str, made: dict[int, bytes]) -> None:
         def write() -> None:

@@ -162,6 +162,20 @@ def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
     return PerceptualHashes(phash=str(imagehash.phash(image)), dhash=str(imagehash.dhash(image)))
 
 
+COLOUR_LEVELS = 4  # per channel: a 4 x 4 x 4 = 64-bin RGB histogram
+
+
+def colour_signature(image: Image.Image) -> NDArray[np.float32]:
+    """Square roots of the normalised 64-bin RGB histogram: a unit vector whose dot product with another is the
+    Bhattacharyya coefficient of the two histograms (1 = the same colours, 0 = none in common)."""
+    small = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.uint16)
+    levels = small * COLOUR_LEVELS // 256
+    bins = (levels[..., 0] * COLOUR_LEVELS + levels[..., 1]) * COLOUR_LEVELS + levels[..., 2]
+    hist = np.bincount(bins.ravel(), minlength=COLOUR_LEVELS**3).astype(np.float64)
+    signature: NDArray[np.float32] = np.sqrt(hist / hist.sum()).astype(np.float32)
+    return signature
+
+
 def _text(value: object, limit: int = 64) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return "".join(ch for ch in text if ch.isprintable()).strip()[:limit]

@@ -146,3 +146,23 @@ class StorageLocationName:
 def parse_storage_location(value: str, field: str = "name") -> StorageLocationName:
     tenant, location = _parts(value, field, "tenants/{tenant}/storageLocations/{storage_location}", 2)
     return StorageLocationName(check_tenant_id(tenant, field), check_collection_id(location, field))
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateGroupName:
+    tenant: str
+    group: str
+
+    def __str__(self) -> str:
+        return f"tenants/{self.tenant}/duplicateGroups/{self.group}"
+
+
+def parse_duplicate_group(value: str, field: str = "name") -> DuplicateGroupName:
+    tenant, group = _parts(value, field, "tenants/{tenant}/duplicateGroups/{duplicate_group}", 2)
+    if not re.fullmatch(r"[0-9a-f]{16}", group):
+        raise InvalidArgument("malformed duplicate group id", field=field, reason="INVALID_RESOURCE_NAME")
+    return DuplicateGroupName(check_tenant_id(tenant, field), group)
+
+
+def image_name(tenant: str, collection: str, image: str) -> str:
+    return str(ImageName(tenant, collection, image))

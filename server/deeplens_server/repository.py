@@ -12,7 +12,9 @@ from typing import Any
 import asyncpg
 
 from deeplens_server.db import ScopedPool
+from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy
 from deeplens_server.errors import NotFound, Unavailable
+from deeplens_server.filters import ImageFilter, sql_conditions
 from deeplens_server.migrations import migrate
 
 _log = logging.getLogger(__name__)
@@ -36,16 +38,20 @@ class ImageRecord:
     create_time: datetime | None = None
     exif: dict[str, Any] = field(default_factory=dict)
     thumbnails: list[int] = field(default_factory=list)
+    # The storage location it was scanned from ('' for uploads), and its duplicate group (None if none).
+    location_id: str = ""
+    group_id: str | None = None
 
 
 _IMAGE_COLUMNS = (
     "tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, size_bytes, "
-    "phash, dhash, model, tags, create_time, exif, thumbnails"
+    "phash, dhash, model, tags, create_time, exif, thumbnails, location_id, group_id"
 )
+_FIELDS = frozenset(ImageRecord.__dataclass_fields__)
 
 
-def _image(row: Mapping[str, Any]) -> ImageRecord:
-    fields = dict(row)
+def image_from_row(row: Mapping[str, Any]) -> ImageRecord:
+    fields = {k: v for k, v in dict(row).items() if k in _FIELDS}
     fields["tags"] = list(fields["tags"])
     fields["thumbnails"] = list(fields["thumbnails"])
     return ImageRecord(**fields)
@@ -54,13 +60,13 @@ def _image(row: Mapping[str, Any]) -> ImageRecord:
 async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
     await conn.execute(
         "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
-        "size_bytes, phash, dhash, model, tags, exif, thumbnails) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
+        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
         "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
         "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
         "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
         "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, exif = EXCLUDED.exif, "
-        "thumbnails = EXCLUDED.thumbnails, update_time = now()",
+        "thumbnails = EXCLUDED.thumbnails, location_id = EXCLUDED.location_id, update_time = now()",
         image.tenant_id,
         image.collection_id,
         image.image_id,
@@ -76,6 +82,7 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
         image.tags,
         image.exif,
         image.thumbnails,
+        image.location_id,
     )
 
 
@@ -117,17 +124,51 @@ class Repository:
 
     # Images
 
-    async def has_content(self, tenant_id: str, sha256: str, *, exclude: tuple[str, str]) -> bool:
-        """Whether the tenant already holds these exact bytes under another image name."""
+    async def same_content(self, tenant_id: str, sha256: str, *, limit: int = 50) -> list[ImageRecord]:
+        """Images holding exactly these bytes (the hash lookup beside the ANN query)."""
+        rows = await self._db.fetch(
+            tenant_id,
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND sha256 = $2 LIMIT {int(limit)}",
+            tenant_id,
+            sha256,
+        )
+        return [image_from_row(r) for r in rows]
+
+    async def duplicate_policy(self, tenant_id: str) -> DuplicatePolicy:
+        """The tenant's duplicate thresholds: the server defaults with its overrides applied."""
+        overrides = await self._db.fetchval(tenant_id, "SELECT duplicate_policy FROM tenants WHERE id = $1", tenant_id)
+        return DEFAULT_POLICY.override(overrides or {})
+
+    async def list_images(
+        self,
+        tenant_id: str,
+        image_filter: ImageFilter,
+        *,
+        limit: int,
+        after: tuple[str, str] | None,
+    ) -> list[ImageRecord]:
+        """Images in (collection, image) order, filtered, after the given key."""
+        conditions, args = sql_conditions(image_filter, 2)
+        if after is not None:
+            n = len(args) + 2
+            conditions.append(f"(collection_id, image_id) > (${n}, ${n + 1})")
+            args += [after[0], after[1]]
+        where = " AND ".join(["tenant_id = $1", *conditions])
+        rows = await self._db.fetch(
+            tenant_id,
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE {where} ORDER BY collection_id, image_id LIMIT {int(limit)}",
+            tenant_id,
+            *args,
+        )
+        return [image_from_row(r) for r in rows]
+
+    async def content_in_use(self, tenant_id: str, sha256: str) -> bool:
         return bool(
             await self._db.fetchval(
                 tenant_id,
-                "SELECT EXISTS (SELECT 1 FROM images WHERE tenant_id = $1 AND sha256 = $2 "
-                "AND (collection_id, image_id) <> ($3, $4))",
+                "SELECT EXISTS (SELECT 1 FROM images WHERE tenant_id = $1 AND sha256 = $2)",
                 tenant_id,
                 sha256,
-                exclude[0],
-                exclude[1],
             )
         )
 
@@ -145,7 +186,7 @@ class Repository:
                 f"tenants/{tenant_id}/collections/{collection_id}/images/{image_id}",
                 reason="IMAGE_NOT_FOUND",
             )
-        return _image(row)
+        return image_from_row(row)
 
     async def get_images(self, tenant_id: str, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ImageRecord]:
         """Images by (collection_id, image_id); missing keys are simply absent from the result."""
@@ -160,4 +201,4 @@ class Repository:
             [k[0] for k in keys],
             [k[1] for k in keys],
         )
-        return {(r["collection_id"], r["image_id"]): _image(r) for r in rows}
+        return {(r["collection_id"], r["image_id"]): image_from_row(r) for r in rows}

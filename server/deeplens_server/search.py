@@ -1,21 +1,30 @@
-"""Similarity search: one query embedding, one scoped ANN query, rows joined from PostgreSQL."""
+"""Similarity search: one query embedding (and colour signature), scoped and filtered ANN queries, rows joined
+from PostgreSQL. Rankings: VISUAL (embedding cosine), COLOUR (histogram Bhattacharyya coefficient), or a
+weighted COMBINED score computed exactly for the union of both queries' candidates."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
-from deeplens_server.imaging import decode_image, model_input
+from deeplens_server.fetch import fetch_image
+from deeplens_server.filters import ImageFilter, milvus_expr
+from deeplens_server.imaging import DecodedImage, colour_signature, decode_image, model_input
 from deeplens_server.names import CollectionName, ImageName, TenantName
 from deeplens_server.repository import ImageRecord
 
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 1000
+# Results end here, over all pages (the ANN's window).
+MAX_RESULTS = 1000
+DEFAULT_COLOUR_WEIGHT = 0.3
+
+VISUAL, COLOUR, COMBINED = 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +34,19 @@ class SearchQuery:
     min_score: float
     content: bytes | None = None
     image: ImageName | None = None
+    url: str | None = None
+    image_filter: ImageFilter = field(default_factory=ImageFilter)
+    ranking: int = VISUAL
+    colour_weight: float = DEFAULT_COLOUR_WEIGHT
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     score: float
     image: ImageRecord
+    visual: float
+    colour: float | None
 
 
 def check_query(top_k: int, min_score: float) -> tuple[int, float]:
@@ -41,31 +57,110 @@ def check_query(top_k: int, min_score: float) -> tuple[int, float]:
     return top_k or DEFAULT_TOP_K, min_score
 
 
-async def embed_content(backend: Backend, content: bytes, *, timeout: float | None) -> NDArray[np.float32]:
+def check_ranking(ranking: int, colour_weight: float) -> tuple[int, float]:
+    if ranking not in (0, VISUAL, COLOUR, COMBINED):
+        raise InvalidArgument("unknown ranking", field="ranking", reason="INVALID_RANKING")
+    if not 0.0 <= colour_weight <= 1.0 or colour_weight != colour_weight:
+        raise InvalidArgument("colour_weight must be in [0, 1]", field="colour_weight", reason="INVALID_COLOUR_WEIGHT")
+    return ranking or VISUAL, colour_weight or DEFAULT_COLOUR_WEIGHT
+
+
+async def decode_query(backend: Backend, content: bytes) -> DecodedImage:
+    return await asyncio.to_thread(decode_image, content, backend.limits)
+
+
+async def embed_decoded(backend: Backend, decoded: DecodedImage, *, timeout: float | None) -> NDArray[np.float32]:
     """The query path's preprocessing is the ingest path's: ``decode_image`` then ``model_input``."""
-    decoded = await asyncio.to_thread(decode_image, content, backend.limits)
     batch = model_input(decoded.working)[np.newaxis]
     embeddings: NDArray[np.float32] = await backend.embedder.embed(batch, timeout=timeout)
     return np.asarray(embeddings[0], dtype=np.float32)
 
 
+async def query_content(backend: Backend, query: SearchQuery) -> bytes | None:
+    if query.url is not None:
+        return await fetch_image(query.url, backend.storage_policy, backend.settings.max_image_bytes)
+    return query.content
+
+
 async def search_similar(backend: Backend, query: SearchQuery, *, timeout: float | None) -> list[SearchHit]:
     tenant = query.scope.tenant
     exclude: tuple[str, str] | None = None
+    colour: NDArray[np.float32] | None = None
+    content = await query_content(backend, query)
     if query.image is not None:
-        embedding = await backend.vectors.get_embedding(tenant, query.image.collection, query.image.image)
         exclude = (query.image.collection, query.image.image)
-    elif query.content is not None:
-        embedding = await embed_content(backend, query.content, timeout=timeout)
+        embedding = await backend.vectors.get_embedding(tenant, *exclude)
+        if query.ranking != VISUAL:
+            colours = await backend.vectors.get_vectors(tenant, [exclude], signal="colour")
+            colour = colours.get(exclude)
+    elif content is not None:
+        decoded = await decode_query(backend, content)
+        embedding = await embed_decoded(backend, decoded, timeout=timeout)
+        colour = await asyncio.to_thread(colour_signature, decoded.working)
     else:
-        raise InvalidArgument("give image_content or image_name", field="query", reason="MISSING_QUERY")
-    collection = query.scope.collection if isinstance(query.scope, CollectionName) else None
-    hits = await backend.vectors.search(
-        tenant, embedding, limit=query.top_k, collection_id=collection, exclude=exclude, timeout=timeout
-    )
-    hits = [h for h in hits if h.score >= query.min_score]
-    rows = await backend.repo.get_images(tenant, [(h.collection_id, h.image_id) for h in hits])
+        raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
+    image_filter = query.image_filter
+    if isinstance(query.scope, CollectionName):
+        image_filter = replace(image_filter, collections=(query.scope.collection,))
+    condition = milvus_expr(image_filter)
+    window = query.offset + query.top_k
+
+    visual_scores: dict[tuple[str, str], float] = {}
+    colour_scores: dict[tuple[str, str], float] = {}
+    if query.ranking in (VISUAL, COMBINED):
+        limit = window if query.ranking == VISUAL else max(3 * window, 100)
+        for h in await backend.vectors.search(
+            tenant, embedding, limit=min(limit, MAX_RESULTS * 3), condition=condition, exclude=exclude,
+            timeout=timeout,
+        ):  # fmt: skip
+            visual_scores[(h.collection_id, h.image_id)] = h.score
+    if query.ranking in (COLOUR, COMBINED) and colour is not None:
+        limit = window if query.ranking == COLOUR else max(3 * window, 100)
+        for h in await backend.vectors.search(
+            tenant, colour, limit=min(limit, MAX_RESULTS * 3), signal="colour", condition=condition,
+            exclude=exclude, timeout=timeout,
+        ):  # fmt: skip
+            colour_scores[(h.collection_id, h.image_id)] = h.score
+    keys = list(dict.fromkeys([*visual_scores, *colour_scores]))
+    if query.ranking != VISUAL:
+        await _fill(backend, tenant, keys, embedding, visual_scores, "embedding")
+        if colour is not None:
+            await _fill(backend, tenant, keys, colour, colour_scores, "colour")
+
+    def score(key: tuple[str, str]) -> float:
+        if query.ranking == VISUAL:
+            return visual_scores[key]
+        if query.ranking == COLOUR:
+            return colour_scores.get(key, 0.0)
+        w = query.colour_weight
+        return (1 - w) * visual_scores.get(key, 0.0) + w * colour_scores.get(key, 0.0)
+
+    ordered = sorted(keys, key=lambda k: (-score(k), k))
+    ordered = [k for k in ordered if score(k) >= query.min_score][query.offset : window]
+    rows = await backend.repo.get_images(tenant, ordered)
     # A vector without its row is an ingest still committing; it is left out rather than shown half-made.
     return [
-        SearchHit(h.score, rows[(h.collection_id, h.image_id)]) for h in hits if (h.collection_id, h.image_id) in rows
+        SearchHit(
+            score(k), rows[k], visual_scores.get(k, 0.0), colour_scores.get(k) if query.ranking != VISUAL else None
+        )
+        for k in ordered
+        if k in rows
     ]
+
+
+async def _fill(
+    backend: Backend,
+    tenant: str,
+    keys: list[tuple[str, str]],
+    query: NDArray[np.float32],
+    scores: dict[tuple[str, str], float],
+    signal: str,
+) -> None:
+    """Exact scores for candidates the other signal's query found."""
+    missing = [k for k in keys if k not in scores]
+    if not missing:
+        return
+    vectors = await backend.vectors.get_vectors(tenant, missing, signal=signal)
+    q = query / (np.linalg.norm(query) or 1.0)
+    for key, vector in vectors.items():
+        scores[key] = float(np.dot(q, vector / (np.linalg.norm(vector) or 1.0)))

@@ -221,5 +221,13 @@ def read_object(spec: LocationSpec, path: str) -> bytes:
         raise _classify(exc) from exc
 
 
+def delete_object(spec: LocationSpec, path: str) -> None:
+    """Deletes one object (blocking: run it in a thread)."""
+    try:
+        obstore.delete(open_store(spec), path)
+    except Exception as exc:
+        raise _classify(exc) from exc
+
+
 def object_uri(spec: LocationSpec, path: str) -> str:
     return f"{spec.uri.rstrip('/')}/{path}"

@@ -28,8 +28,18 @@ _SAFE = re.compile(r"[^A-Za-z0-9_]")
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 310_000, "grpc.keepalive_permit_without_calls": False}
 
 
+SCHEMA_VERSION = 2
+COLOUR_DIM = 64
+# Scalar fields every vector carries, for filtered searches and for duplicate checks without a round trip.
+SCALAR_FIELDS = ("sha256", "phash", "dhash", "location_id", "format", "width", "height", "create_ts", "tags")
+
+
 def collection_name(model: str, version: str) -> str:
-    return f"images__{_SAFE.sub('_', model)}__v{_SAFE.sub('_', version)}"
+    return f"images__{_SAFE.sub('_', model)}__v{_SAFE.sub('_', version)}__s{SCHEMA_VERSION}"
+
+
+def colour_collection_name() -> str:
+    return f"colours__s{SCHEMA_VERSION}"
 
 
 def _quote(value: str) -> str:
@@ -42,6 +52,10 @@ class VectorRecord:
     collection_id: str
     image_id: str
     embedding: NDArray[np.float32]
+    # Square roots of a normalised colour histogram: their dot product is the Bhattacharyya coefficient.
+    colour: NDArray[np.float32]
+    # The SCALAR_FIELDS values.
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +63,37 @@ class VectorHit:
     collection_id: str
     image_id: str
     score: float
+    fields: dict[str, Any]
+
+
+def _schema(client: MilvusClient, vector_field: str, dim: int) -> Any:
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=512)
+    schema.add_field("tenant_id", DataType.VARCHAR, max_length=64, is_partition_key=True)
+    schema.add_field("collection_id", DataType.VARCHAR, max_length=64)
+    schema.add_field("image_id", DataType.VARCHAR, max_length=128)
+    schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+    schema.add_field("phash", DataType.VARCHAR, max_length=16)
+    schema.add_field("dhash", DataType.VARCHAR, max_length=16)
+    schema.add_field("location_id", DataType.VARCHAR, max_length=64)
+    schema.add_field("format", DataType.VARCHAR, max_length=16)
+    schema.add_field("width", DataType.INT32)
+    schema.add_field("height", DataType.INT32)
+    schema.add_field("create_ts", DataType.INT64)
+    schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=128)
+    schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=dim)
+    return schema
 
 
 class VectorIndex:
+    """Two collections: embeddings (one per model version) and colour histograms (model-independent)."""
+
     def __init__(self, uri: str, *, token: str, model: str, version: str, dim: int) -> None:
         self._uri = uri
         self._token = token
         self._dim = dim
         self.collection = collection_name(model, version)
+        self.colour_collection = colour_collection_name()
         self._client: AsyncMilvusClient | None = None
         # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
         self._write_lock = asyncio.Lock()
@@ -65,27 +102,22 @@ class VectorIndex:
         # AsyncMilvusClient.create_collection is not implemented by Milvus Lite, so setup uses the sync client.
         client = MilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
         try:
-            if not client.has_collection(self.collection):
-                schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-                schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=512)
-                schema.add_field("tenant_id", DataType.VARCHAR, max_length=64, is_partition_key=True)
-                schema.add_field("collection_id", DataType.VARCHAR, max_length=64)
-                schema.add_field("image_id", DataType.VARCHAR, max_length=128)
-                schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self._dim)
-                index = client.prepare_index_params()
-                index.add_index(
-                    "embedding",
-                    index_type="HNSW",
-                    metric_type="COSINE",
-                    params={"M": 16, "efConstruction": 200},
-                )
-                try:
-                    client.create_collection(self.collection, schema=schema, index_params=index)
-                except MilvusException:
-                    # Another process (server or worker starting at the same moment) may have won the race.
-                    if not client.has_collection(self.collection):
-                        raise
-            client.load_collection(self.collection)
+            for name, field, dim in (
+                (self.collection, "embedding", self._dim),
+                (self.colour_collection, "colour", COLOUR_DIM),
+            ):
+                if not client.has_collection(name):
+                    index = client.prepare_index_params()
+                    index.add_index(
+                        field, index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
+                    )
+                    try:
+                        client.create_collection(name, schema=_schema(client, field, dim), index_params=index)
+                    except MilvusException:
+                        # Another process (server or worker starting at the same moment) may have won the race.
+                        if not client.has_collection(name):
+                            raise
+                client.load_collection(name)
         finally:
             client.close()
 
@@ -125,19 +157,20 @@ class VectorIndex:
             raise Unavailable("the vector index is unavailable") from exc
 
     async def upsert(self, tenant_id: str, records: list[VectorRecord]) -> None:
-        rows = [
-            {
+        def row(r: VectorRecord, field: str, vector: NDArray[np.float32]) -> dict[str, Any]:
+            return {
                 "pk": self._pk(tenant_id, r.collection_id, r.image_id),
                 "tenant_id": tenant_id,
                 "collection_id": r.collection_id,
                 "image_id": r.image_id,
-                "embedding": r.embedding.astype(np.float32).tolist(),
+                **{name: r.fields[name] for name in SCALAR_FIELDS},
+                field: vector.astype(np.float32).tolist(),
             }
-            for r in records
-        ]
+
         try:
             async with self._write_lock:
-                await self._c.upsert(self.collection, rows)
+                await self._c.upsert(self.collection, [row(r, "embedding", r.embedding) for r in records])
+                await self._c.upsert(self.colour_collection, [row(r, "colour", r.colour) for r in records])
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
@@ -145,7 +178,8 @@ class VectorIndex:
         """Deletes the tenant's vectors (one collection's, if given)."""
         try:
             async with self._write_lock:
-                await self._c.delete(self.collection, filter=self._scope(tenant_id, collection_id))
+                for name in (self.collection, self.colour_collection):
+                    await self._c.delete(name, filter=self._scope(tenant_id, collection_id))
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
@@ -156,7 +190,8 @@ class VectorIndex:
         pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
         try:
             async with self._write_lock:
-                await self._c.delete(self.collection, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
+                for name in (self.collection, self.colour_collection):
+                    await self._c.delete(name, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
@@ -167,43 +202,67 @@ class VectorIndex:
             raise Unavailable("the vector index is unavailable") from exc
         return int(rows[0]["count(*)"]) if rows else 0
 
-    async def get_embedding(self, tenant_id: str, collection_id: str, image_id: str) -> NDArray[np.float32]:
-        expr = (
-            f"{self._scope(tenant_id, collection_id)} and pk == {_quote(self._pk(tenant_id, collection_id, image_id))}"
-        )
+    async def get_vectors(
+        self, tenant_id: str, keys: list[tuple[str, str]], *, signal: str = "embedding"
+    ) -> dict[tuple[str, str], NDArray[np.float32]]:
+        """Stored vectors (``embedding`` or ``colour``) of these (collection, image) keys; missing ones are absent."""
+        if not keys:
+            return {}
+        name = self.collection if signal == "embedding" else self.colour_collection
+        pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
         try:
-            rows = await self._c.query(self.collection, filter=expr, output_fields=["embedding"], limit=1)
+            rows = await self._c.query(
+                name,
+                filter=f"{self._scope(tenant_id)} and pk in [{pks}]",
+                output_fields=["tenant_id", "collection_id", "image_id", signal],
+            )
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
-        if not rows:
+        return {
+            (r["collection_id"], r["image_id"]): np.asarray(r[signal], dtype=np.float32)
+            for r in rows
+            if r["tenant_id"] == tenant_id
+        }
+
+    async def get_embedding(self, tenant_id: str, collection_id: str, image_id: str) -> NDArray[np.float32]:
+        found = await self.get_vectors(tenant_id, [(collection_id, image_id)])
+        if not found:
             raise NotFound(
                 "image",
                 f"tenants/{tenant_id}/collections/{collection_id}/images/{image_id}",
                 reason="IMAGE_NOT_FOUND",
             )
-        return np.asarray(rows[0]["embedding"], dtype=np.float32)
+        return found[(collection_id, image_id)]
 
     async def search(
         self,
         tenant_id: str,
-        embedding: NDArray[np.float32],
+        vector: NDArray[np.float32],
         *,
         limit: int,
-        collection_id: str | None = None,
+        offset: int = 0,
+        signal: str = "embedding",
+        condition: str = "",
         exclude: tuple[str, str] | None = None,
         timeout: float | None = None,
     ) -> list[VectorHit]:
-        expr = self._scope(tenant_id, collection_id)
+        """Nearest vectors of the tenant, best first; ``condition`` is an extra Milvus filter expression."""
+        expr = self._scope(tenant_id)
+        if condition:
+            expr += f" and ({condition})"
         if exclude is not None:
             expr += f" and pk != {_quote(self._pk(tenant_id, *exclude))}"
-        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(64, limit)}}
+        name = self.collection if signal == "embedding" else self.colour_collection
+        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(64, limit + offset)}}
+        if offset:
+            params["offset"] = offset
         try:
             result = await self._c.search(
-                self.collection,
-                data=[embedding.astype(np.float32).tolist()],
+                name,
+                data=[vector.astype(np.float32).tolist()],
                 filter=expr,
                 limit=limit,
-                output_fields=["tenant_id", "collection_id", "image_id"],
+                output_fields=["tenant_id", "collection_id", "image_id", *SCALAR_FIELDS],
                 search_params=params,
                 timeout=timeout,
             )
@@ -214,5 +273,6 @@ class VectorIndex:
             entity = hit["entity"]
             if entity["tenant_id"] != tenant_id:  # defence in depth: the filter above already scopes the query
                 continue
-            hits.append(VectorHit(entity["collection_id"], entity["image_id"], float(hit["distance"])))
+            fields = {name: entity.get(name) for name in SCALAR_FIELDS}
+            hits.append(VectorHit(entity["collection_id"], entity["image_id"], float(hit["distance"]), fields))
         return hits

@@ -8,7 +8,8 @@ PENDING, and the vector and the row are upserts keyed by (tenant, collection, im
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +18,20 @@ from deeplens.v1 import ingest_service_pb2
 from deeplens_server import locations, operations
 from deeplens_server.api.convert import image_to_proto
 from deeplens_server.backend import Backend
+from deeplens_server.duplicates import Fingerprint, Match
 from deeplens_server.errors import DeepLensError, ImageRejected, NotFound
 from deeplens_server.fetch import fetch_image
 from deeplens_server.imaging import (
     DecodedImage,
     ImageLimits,
     PerceptualHashes,
+    colour_signature,
     decode_image,
     model_input,
     perceptual_hashes,
     thumbnails,
 )
+from deeplens_server.matching import find_matches
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
 from deeplens_server.status import to_rpc_status
@@ -46,13 +50,15 @@ class Analysis:
     hashes: PerceptualHashes
     model_input: NDArray[np.uint8]
     thumbnails: dict[int, bytes]
+    colour: NDArray[np.float32]
 
 
 def analyze(data: bytes, limits: ImageLimits) -> Analysis:
     """All CPU work on the bytes, from one decode (run in a thread)."""
     decoded = decode_image(data, limits)
+    working = decoded.working
     return Analysis(
-        decoded, perceptual_hashes(decoded.working), model_input(decoded.working), thumbnails(decoded.working)
+        decoded, perceptual_hashes(working), model_input(working), thumbnails(working), colour_signature(working)
     )
 
 
@@ -79,7 +85,7 @@ async def _finish(
     *,
     error: DeepLensError | None = None,
     image: ImageRecord | None = None,
-    duplicate: bool = False,
+    matches: Sequence[Match] = (),
 ) -> OperationRecord:
     final, counted = await backend.ops.finish_item(
         record.tenant_id,
@@ -89,7 +95,7 @@ async def _finish(
         outcome=outcome_for(record, image),
         error=to_rpc_status(error).SerializeToString() if error is not None else None,
         image=image,
-        duplicate=duplicate,
+        matches=matches,
     )
     if counted:
         await backend.events.announce(final)
@@ -140,25 +146,44 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
 
     embedding = (await backend.embedder.embed(analysis.model_input[np.newaxis], timeout=EMBED_TIMEOUT_SECONDS))[0]
     collection_id, image_id = source["collection_id"], source["image_id"]
-    duplicate = await backend.repo.has_content(tenant_id, analysis.decoded.sha256, exclude=(collection_id, image_id))
-    await backend.vectors.upsert(tenant_id, [VectorRecord(collection_id, image_id, embedding)])
-    await backend.blobs.put_thumbnails(tenant_id, analysis.decoded.sha256, analysis.thumbnails)
-    header = analysis.decoded.header
+    header, hashes, sha256 = analysis.decoded.header, analysis.hashes, analysis.decoded.sha256
     image = ImageRecord(
         tenant_id=tenant_id,
         collection_id=collection_id,
         image_id=image_id,
-        sha256=analysis.decoded.sha256,
+        sha256=sha256,
         storage_uri=storage_uri,
         format=header.format,
         width=header.width,
         height=header.height,
         size_bytes=analysis.decoded.size_bytes,
-        phash=analysis.hashes.phash,
-        dhash=analysis.hashes.dhash,
+        phash=hashes.phash,
+        dhash=hashes.dhash,
         model=backend.embedder.model_id,
         tags=list(source.get("tags", [])),
         exif=analysis.decoded.exif,
         thumbnails=sorted(analysis.thumbnails),
+        location_id=source.get("location", ""),
     )
-    return await _finish(backend, record, item, operations.ITEM_SUCCEEDED, image=image, duplicate=duplicate)
+    fields = {
+        "sha256": sha256,
+        "phash": hashes.phash,
+        "dhash": hashes.dhash,
+        "location_id": image.location_id,
+        "format": header.format,
+        "width": header.width,
+        "height": header.height,
+        "create_ts": int(time.time()),
+        "tags": image.tags,
+    }
+    await backend.vectors.upsert(tenant_id, [VectorRecord(collection_id, image_id, embedding, analysis.colour, fields)])
+    await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
+    matches = await find_matches(
+        backend,
+        tenant_id,
+        Fingerprint(sha256, hashes.phash, hashes.dhash),
+        embedding,
+        policy=await backend.repo.duplicate_policy(tenant_id),
+        exclude=(collection_id, image_id),
+    )
+    return await _finish(backend, record, item, operations.ITEM_SUCCEEDED, image=image, matches=matches)

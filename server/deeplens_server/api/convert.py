@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from deeplens.v1 import resources_pb2
+from google.protobuf import timestamp_pb2
 
+from deeplens_server import filters
 from deeplens_server.admin_repository import ApiKeyRecord, AuditRecord, CollectionRecord, Limits, TenantRecord
+from deeplens_server.duplicates import DuplicatePolicy
+from deeplens_server.errors import InvalidArgument
+from deeplens_server.filters import ImageFilter
 from deeplens_server.operations import timestamp
 from deeplens_server.repository import ImageRecord
 
@@ -76,23 +81,78 @@ def audit_to_proto(record: AuditRecord) -> resources_pb2.AuditEvent:
     )
 
 
-def image_to_proto(record: ImageRecord) -> resources_pb2.Image:
-    return resources_pb2.Image(
-        name=f"tenants/{record.tenant_id}/collections/{record.collection_id}/images/{record.image_id}",
-        sha256=record.sha256,
+def image_to_proto(record: ImageRecord, view: int = resources_pb2.IMAGE_VIEW_FULL) -> resources_pb2.Image:
+    tenant = record.tenant_id
+    image = resources_pb2.Image(
+        name=f"tenants/{tenant}/collections/{record.collection_id}/images/{record.image_id}",
         storage_uri=record.storage_uri,
+        storage_location=f"tenants/{tenant}/storageLocations/{record.location_id}" if record.location_id else "",
         format=record.format,
         width=record.width,
         height=record.height,
         size_bytes=record.size_bytes,
-        phash=record.phash,
-        dhash=record.dhash,
-        tags=record.tags,
-        model=record.model,
         create_time=timestamp(record.create_time),
-        exif=exif_to_proto(record.exif),
-        thumbnails=[THUMBNAIL_ENUM[size] for size in record.thumbnails if size in THUMBNAIL_ENUM],
     )
+    if view == resources_pb2.IMAGE_VIEW_FULL:
+        image.sha256 = record.sha256
+        image.phash = record.phash
+        image.dhash = record.dhash
+        image.tags.extend(record.tags)
+        image.model = record.model
+        exif = exif_to_proto(record.exif)
+        if exif is not None:
+            image.exif.CopyFrom(exif)
+        image.thumbnails.extend(THUMBNAIL_ENUM[size] for size in record.thumbnails if size in THUMBNAIL_ENUM)
+        image.duplicate_group = f"tenants/{tenant}/duplicateGroups/{record.group_id}" if record.group_id else ""
+    return image
+
+
+def check_view(view: int, default: int) -> int:
+    if view not in (0, resources_pb2.IMAGE_VIEW_BASIC, resources_pb2.IMAGE_VIEW_FULL):
+        raise InvalidArgument("unknown view", field="view", reason="INVALID_VIEW")
+    return view or default
+
+
+def filter_from_proto(message: resources_pb2.ImageFilter) -> ImageFilter:
+    def when(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+        return ts.ToDatetime(tzinfo=UTC) if present else None
+
+    return filters.check(
+        ImageFilter(
+            collections=tuple(message.collections),
+            tags=tuple(message.tags),
+            storage_locations=tuple(message.storage_locations),
+            formats=tuple(message.formats),
+            min_width=message.min_width,
+            max_width=message.max_width,
+            min_height=message.min_height,
+            max_height=message.max_height,
+            created_after=when(message.create_time_after, message.HasField("create_time_after")),
+            created_before=when(message.create_time_before, message.HasField("create_time_before")),
+        )
+    )
+
+
+def policy_to_proto(policy: DuplicatePolicy) -> resources_pb2.DuplicatePolicy:
+    return resources_pb2.DuplicatePolicy(
+        max_phash_distance=policy.max_phash_distance,
+        max_dhash_distance=policy.max_dhash_distance,
+        near_duplicate_min_cosine=policy.near_duplicate_min_cosine,
+        similar_min_cosine=policy.similar_min_cosine,
+    )
+
+
+def policy_overrides(message: resources_pb2.DuplicatePolicy) -> dict[str, Any]:
+    return {
+        "max_phash_distance": message.max_phash_distance,
+        "max_dhash_distance": message.max_dhash_distance,
+        "near_duplicate_min_cosine": message.near_duplicate_min_cosine,
+        "similar_min_cosine": message.similar_min_cosine,
+    }
+
+
+def scores_to_proto(phash_distance: int, dhash_distance: int, cosine: float) -> resources_pb2.MatchScores:
+    return resources_pb2.MatchScores(phash_distance=phash_distance, dhash_distance=dhash_distance, cosine=cosine)
 
 
 THUMBNAIL_ENUM = {

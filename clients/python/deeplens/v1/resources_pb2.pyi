@@ -56,6 +56,80 @@ ROLE_PLATFORM_ADMIN: Role.ValueType  # 5
 """Manages tenants; holds no tenant's data."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ImageView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_VIEW_UNSPECIFIED: _ImageView.ValueType  # 0
+    """The server's default: IMAGE_VIEW_BASIC."""
+    IMAGE_VIEW_BASIC: _ImageView.ValueType  # 1
+    """`name`, `storage_uri`, `storage_location`, `format`, `width`, `height`, `size_bytes`, `create_time`."""
+    IMAGE_VIEW_FULL: _ImageView.ValueType  # 2
+    """Everything: also hashes, tags, EXIF, thumbnails, model and duplicate group."""
+
+class ImageView(_ImageView, metaclass=_ImageViewEnumTypeWrapper):
+    """How much of an image a response carries (AIP-157)."""
+
+IMAGE_VIEW_UNSPECIFIED: ImageView.ValueType  # 0
+"""The server's default: IMAGE_VIEW_BASIC."""
+IMAGE_VIEW_BASIC: ImageView.ValueType  # 1
+"""`name`, `storage_uri`, `storage_location`, `format`, `width`, `height`, `size_bytes`, `create_time`."""
+IMAGE_VIEW_FULL: ImageView.ValueType  # 2
+"""Everything: also hashes, tags, EXIF, thumbnails, model and duplicate group."""
+Global___ImageView: _TypeAlias = ImageView  # noqa: Y015
+
+class _MatchTier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MatchTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MatchTier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MATCH_TIER_UNSPECIFIED: _MatchTier.ValueType  # 0
+    MATCH_TIER_EXACT: _MatchTier.ValueType  # 1
+    """The same bytes (SHA-256)."""
+    MATCH_TIER_NEAR_DUPLICATE: _MatchTier.ValueType  # 2
+    """The same picture, transformed (resized, recompressed, cropped, recoloured, flipped, overlaid ...)."""
+    MATCH_TIER_SIMILAR: _MatchTier.ValueType  # 3
+    """Looks alike but is another picture (same scene, burst shot, same product). Never grouped as a duplicate."""
+
+class MatchTier(_MatchTier, metaclass=_MatchTierEnumTypeWrapper):
+    """Which rule made two images a match, from the strongest to the weakest."""
+
+MATCH_TIER_UNSPECIFIED: MatchTier.ValueType  # 0
+MATCH_TIER_EXACT: MatchTier.ValueType  # 1
+"""The same bytes (SHA-256)."""
+MATCH_TIER_NEAR_DUPLICATE: MatchTier.ValueType  # 2
+"""The same picture, transformed (resized, recompressed, cropped, recoloured, flipped, overlaid ...)."""
+MATCH_TIER_SIMILAR: MatchTier.ValueType  # 3
+"""Looks alike but is another picture (same scene, burst shot, same product). Never grouped as a duplicate."""
+Global___MatchTier: _TypeAlias = MatchTier  # noqa: Y015
+
+class _ReviewDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_DECISION_UNSPECIFIED: _ReviewDecision.ValueType  # 0
+    REVIEW_DECISION_KEEP_ALL: _ReviewDecision.ValueType  # 1
+    """Duplicates, all kept on purpose: the pair no longer needs review."""
+    REVIEW_DECISION_NOT_DUPLICATES: _ReviewDecision.ValueType  # 2
+    """Not duplicates: the pair never links into a group again."""
+
+class ReviewDecision(_ReviewDecision, metaclass=_ReviewDecisionEnumTypeWrapper):
+    """A reviewer's verdict on a pair of images, kept by content (SHA-256), so it survives re-scans, re-ingests
+    under other names, and model changes.
+    """
+
+REVIEW_DECISION_UNSPECIFIED: ReviewDecision.ValueType  # 0
+REVIEW_DECISION_KEEP_ALL: ReviewDecision.ValueType  # 1
+"""Duplicates, all kept on purpose: the pair no longer needs review."""
+REVIEW_DECISION_NOT_DUPLICATES: ReviewDecision.ValueType  # 2
+"""Not duplicates: the pair never links into a group again."""
+Global___ReviewDecision: _TypeAlias = ReviewDecision  # noqa: Y015
+
 class _ThumbnailSize:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -455,6 +529,8 @@ class Image(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXIF_FIELD_NUMBER: _builtins.int
     THUMBNAILS_FIELD_NUMBER: _builtins.int
+    STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    DUPLICATE_GROUP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `tenants/{tenant}/collections/{collection}/images/{image}`."""
     sha256: _builtins.str
@@ -471,6 +547,12 @@ class Image(_message.Message):
     dhash: _builtins.str
     model: _builtins.str
     """Embedding model that indexed this image, as `model@version`."""
+    storage_location: _builtins.str
+    """The storage location it was scanned from (`tenants/{tenant}/storageLocations/{storage_location}`);
+    empty for uploaded images.
+    """
+    duplicate_group: _builtins.str
+    """The duplicate group it belongs to (`tenants/{tenant}/duplicateGroups/{duplicate_group}`); empty if none."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Free-form labels given at ingest."""
@@ -502,14 +584,276 @@ class Image(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         exif: Global___Exif | None = ...,
         thumbnails: _abc.Iterable[Global___ThumbnailSize.ValueType] | None = ...,
+        storage_location: _builtins.str = ...,
+        duplicate_group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "exif", b"exif"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dhash", b"dhash", "exif", b"exif", "format", b"format", "height", b"height", "model", b"model", "name", b"name", "phash", b"phash", "sha256", b"sha256", "size_bytes", b"size_bytes", "storage_uri", b"storage_uri", "tags", b"tags", "thumbnails", b"thumbnails", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dhash", b"dhash", "duplicate_group", b"duplicate_group", "exif", b"exif", "format", b"format", "height", b"height", "model", b"model", "name", b"name", "phash", b"phash", "sha256", b"sha256", "size_bytes", b"size_bytes", "storage_location", b"storage_location", "storage_uri", b"storage_uri", "tags", b"tags", "thumbnails", b"thumbnails", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class ImageFilter(_message.Message):
+    """Restricts searches and listings. Every set field must hold (AND); unset fields don't restrict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    STORAGE_LOCATIONS_FIELD_NUMBER: _builtins.int
+    FORMATS_FIELD_NUMBER: _builtins.int
+    MIN_WIDTH_FIELD_NUMBER: _builtins.int
+    MAX_WIDTH_FIELD_NUMBER: _builtins.int
+    MIN_HEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_HEIGHT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_AFTER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_BEFORE_FIELD_NUMBER: _builtins.int
+    min_width: _builtins.int
+    """Pixel bounds, inclusive; 0 means unbounded."""
+    max_width: _builtins.int
+    min_height: _builtins.int
+    max_height: _builtins.int
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Collection ids inside the tenant (any of them)."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags the image must all carry."""
+
+    @_builtins.property
+    def storage_locations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Storage location ids (any of them); "-" stands for uploaded images."""
+
+    @_builtins.property
+    def formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Formats as decoded, e.g. "JPEG", "PNG" (any of them)."""
+
+    @_builtins.property
+    def create_time_after(self) -> _timestamp_pb2.Timestamp:
+        """Indexed at or after / before this time."""
+
+    @_builtins.property
+    def create_time_before(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        storage_locations: _abc.Iterable[_builtins.str] | None = ...,
+        formats: _abc.Iterable[_builtins.str] | None = ...,
+        min_width: _builtins.int = ...,
+        max_width: _builtins.int = ...,
+        min_height: _builtins.int = ...,
+        max_height: _builtins.int = ...,
+        create_time_after: _timestamp_pb2.Timestamp | None = ...,
+        create_time_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "formats", b"formats", "max_height", b"max_height", "max_width", b"max_width", "min_height", b"min_height", "min_width", b"min_width", "storage_locations", b"storage_locations", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageFilter: _TypeAlias = ImageFilter  # noqa: Y015
+
+@_typing.final
+class MatchScores(_message.Message):
+    """The evidence behind a match; every score is computed for every match, whichever tier fired."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASH_DISTANCE_FIELD_NUMBER: _builtins.int
+    DHASH_DISTANCE_FIELD_NUMBER: _builtins.int
+    COSINE_FIELD_NUMBER: _builtins.int
+    phash_distance: _builtins.int
+    """Hamming distance of the 64-bit pHashes (0 = identical)."""
+    dhash_distance: _builtins.int
+    """Hamming distance of the 64-bit dHashes."""
+    cosine: _builtins.float
+    """Cosine similarity of the embeddings, in [-1, 1]."""
+    def __init__(
+        self,
+        *,
+        phash_distance: _builtins.int = ...,
+        dhash_distance: _builtins.int = ...,
+        cosine: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosine", b"cosine", "dhash_distance", b"dhash_distance", "phash_distance", b"phash_distance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchScores: _TypeAlias = MatchScores  # noqa: Y015
+
+@_typing.final
+class DuplicatePolicy(_message.Message):
+    """When a pair is a duplicate, a near-duplicate, or only similar. Zero fields take the server's defaults
+    (chosen from the benchmark in docs/duplicates.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_PHASH_DISTANCE_FIELD_NUMBER: _builtins.int
+    MAX_DHASH_DISTANCE_FIELD_NUMBER: _builtins.int
+    NEAR_DUPLICATE_MIN_COSINE_FIELD_NUMBER: _builtins.int
+    SIMILAR_MIN_COSINE_FIELD_NUMBER: _builtins.int
+    max_phash_distance: _builtins.int
+    """Near-duplicate when both hashes are within these distances ... (default 8 and 10)"""
+    max_dhash_distance: _builtins.int
+    near_duplicate_min_cosine: _builtins.float
+    """... or when the embeddings are at least this close (default 0.90)."""
+    similar_min_cosine: _builtins.float
+    """Similar when the embeddings are at least this close (default 0.75)."""
+    def __init__(
+        self,
+        *,
+        max_phash_distance: _builtins.int = ...,
+        max_dhash_distance: _builtins.int = ...,
+        near_duplicate_min_cosine: _builtins.float = ...,
+        similar_min_cosine: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_dhash_distance", b"max_dhash_distance", "max_phash_distance", b"max_phash_distance", "near_duplicate_min_cosine", b"near_duplicate_min_cosine", "similar_min_cosine", b"similar_min_cosine"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicatePolicy: _TypeAlias = DuplicatePolicy  # noqa: Y015
+
+@_typing.final
+class DuplicateMatch(_message.Message):
+    """One image matching another, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    tier: Global___MatchTier.ValueType
+    rule: _builtins.str
+    """The rule that fired: "sha256", "hashes" or "embedding" (NEAR_DUPLICATE), "embedding" (SIMILAR)."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The matching image (IMAGE_VIEW_BASIC unless the request asked for more)."""
+
+    @_builtins.property
+    def scores(self) -> Global___MatchScores: ...
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+        tier: Global___MatchTier.ValueType = ...,
+        scores: Global___MatchScores | None = ...,
+        rule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "scores", b"scores"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "rule", b"rule", "scores", b"scores", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicateMatch: _TypeAlias = DuplicateMatch  # noqa: Y015
+
+@_typing.final
+class DuplicateGroup(_message.Message):
+    """Images that are copies of one another (EXACT or NEAR_DUPLICATE links; SIMILAR never groups)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    KEEPER_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    RECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `tenants/{tenant}/duplicateGroups/{duplicate_group}`."""
+    keeper: _builtins.str
+    """The member to keep: the largest resolution, then the largest file, then the oldest, then by name."""
+    total_bytes: _builtins.int
+    """Bytes of all members, and of all but the keeper (freed by deleting the others)."""
+    reclaimable_bytes: _builtins.int
+    resolved: _builtins.bool
+    """Whether every link in the group carries a review decision."""
+    etag: _builtins.str
+    """Changes whenever the members change; give it back to ResolveDuplicateGroup (AIP-154)."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]:
+        """Members, the suggested keeper first."""
+
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___DuplicateLink]:
+        """Every link between members, with its tier and scores."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        members: _abc.Iterable[Global___Image] | None = ...,
+        keeper: _builtins.str = ...,
+        links: _abc.Iterable[Global___DuplicateLink] | None = ...,
+        total_bytes: _builtins.int = ...,
+        reclaimable_bytes: _builtins.int = ...,
+        resolved: _builtins.bool = ...,
+        etag: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "keeper", b"keeper", "links", b"links", "members", b"members", "name", b"name", "reclaimable_bytes", b"reclaimable_bytes", "resolved", b"resolved", "total_bytes", b"total_bytes", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicateGroup: _TypeAlias = DuplicateGroup  # noqa: Y015
+
+@_typing.final
+class DuplicateLink(_message.Message):
+    """A link between two members of a group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_A_FIELD_NUMBER: _builtins.int
+    IMAGE_B_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    image_a: _builtins.str
+    image_b: _builtins.str
+    tier: Global___MatchTier.ValueType
+    rule: _builtins.str
+    decision: Global___ReviewDecision.ValueType
+    """Set once a reviewer decided on the pair."""
+    @_builtins.property
+    def scores(self) -> Global___MatchScores: ...
+    def __init__(
+        self,
+        *,
+        image_a: _builtins.str = ...,
+        image_b: _builtins.str = ...,
+        tier: Global___MatchTier.ValueType = ...,
+        scores: Global___MatchScores | None = ...,
+        rule: _builtins.str = ...,
+        decision: Global___ReviewDecision.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "image_a", b"image_a", "image_b", b"image_b", "rule", b"rule", "scores", b"scores", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicateLink: _TypeAlias = DuplicateLink  # noqa: Y015
 
 @_typing.final
 class Exif(_message.Message):

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from deeplens.v1 import resources_pb2 as deeplens_dot_v1_dot_resources__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deeplens/v1/search_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\"R\n\x18GetImageThumbnailRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04size\x18\x02 \x01(\x0e\x32\x1a.deeplens.v1.ThumbnailSize\"^\n\x19GetImageThumbnailResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"\x7f\n\x13SearchImagesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\rimage_content\x18\x02 \x01(\x0cH\x00\x12\x14\n\nimage_name\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x42\x07\n\x05query\"Q\n\x14SearchImagesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.deeplens.v1.SearchResult\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0cSearchResult\x12\r\n\x05score\x18\x01 \x01(\x02\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.deeplens.v1.Image2\xc8\x01\n\rSearchService\x12S\n\x0cSearchImages\x12 .deeplens.v1.SearchImagesRequest\x1a!.deeplens.v1.SearchImagesResponse\x12\x62\n\x11GetImageThumbnail\x12%.deeplens.v1.GetImageThumbnailRequest\x1a&.deeplens.v1.GetImageThumbnailResponseBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deeplens/v1/search_service.proto\x12\x0b\x64\x65\x65plens.v1\x1a\x1b\x64\x65\x65plens/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"R\n\x18GetImageThumbnailRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04size\x18\x02 \x01(\x0e\x32\x1a.deeplens.v1.ThumbnailSize\"^\n\x19GetImageThumbnailResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"\xbc\x02\n\x13SearchImagesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\rimage_content\x18\x02 \x01(\x0cH\x00\x12\x14\n\nimage_name\x18\x03 \x01(\tH\x00\x12\x13\n\timage_uri\x18\x06 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x12(\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x18.deeplens.v1.ImageFilter\x12+\n\x07ranking\x18\x08 \x01(\x0e\x32\x1a.deeplens.v1.SearchRanking\x12\x15\n\rcolour_weight\x18\t \x01(\x02\x12$\n\x04view\x18\n \x01(\x0e\x32\x16.deeplens.v1.ImageView\x12\x12\n\npage_token\x18\x0b \x01(\tB\x07\n\x05query\"\x9e\x01\n\x14SearchImagesResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.deeplens.v1.SearchResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x32\n\x0fprocessing_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x0cSearchResult\x12\r\n\x05score\x18\x01 \x01(\x02\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.deeplens.v1.Image\x12\x14\n\x0cvisual_score\x18\x03 \x01(\x02\x12\x14\n\x0c\x63olour_score\x18\x04 \x01(\x02\"E\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04view\x18\x02 \x01(\x0e\x32\x16.deeplens.v1.ImageView\"f\n\x10GetImageResponse\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.deeplens.v1.Image\x12/\n\nduplicates\x18\x02 \x03(\x0b\x32\x1b.deeplens.v1.DuplicateMatch\"\x9a\x01\n\x11ListImagesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12(\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x18.deeplens.v1.ImageFilter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12$\n\x04view\x18\x05 \x01(\x0e\x32\x16.deeplens.v1.ImageView\"Q\n\x12ListImagesResponse\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.deeplens.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x12\x44\x65leteImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65lete_original\x18\x02 \x01(\x08\"D\n\x13\x44\x65leteImageResponse\x12\x18\n\x10original_deleted\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x03\"\xe4\x01\n\x15\x46indDuplicatesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\rimage_content\x18\x02 \x01(\x0cH\x00\x12\x14\n\nimage_name\x18\x03 \x01(\tH\x00\x12,\n\x06policy\x18\x04 \x01(\x0b\x32\x1c.deeplens.v1.DuplicatePolicy\x12\x17\n\x0finclude_similar\x18\x05 \x01(\x08\x12\x16\n\x0emax_candidates\x18\x06 \x01(\x05\x12$\n\x04view\x18\x07 \x01(\x0e\x32\x16.deeplens.v1.ImageViewB\x07\n\x05query\"\x83\x01\n\x16\x46indDuplicatesResponse\x12,\n\x07matches\x18\x01 \x03(\x0b\x32\x1b.deeplens.v1.DuplicateMatch\x12,\n\x06policy\x18\x02 \x01(\x0b\x32\x1c.deeplens.v1.DuplicatePolicy\x12\r\n\x05model\x18\x03 \x01(\t\"\x93\x01\n\x1aListDuplicateGroupsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10include_resolved\x18\x04 \x01(\x08\x12$\n\x04view\x18\x05 \x01(\x0e\x32\x16.deeplens.v1.ImageView\"\x81\x01\n\x1bListDuplicateGroupsResponse\x12\x35\n\x10\x64uplicate_groups\x18\x01 \x03(\x0b\x32\x1b.deeplens.v1.DuplicateGroup\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"N\n\x18GetDuplicateGroupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04view\x18\x02 \x01(\x0e\x32\x16.deeplens.v1.ImageView\"Q\n\x19GetDuplicateGroupResponse\x12\x34\n\x0f\x64uplicate_group\x18\x01 \x01(\x0b\x32\x1b.deeplens.v1.DuplicateGroup\"\x9f\x01\n\x1cResolveDuplicateGroupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1a.deeplens.v1.ResolveAction\x12\x0e\n\x06keeper\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x18\n\x10\x64\x65lete_originals\x18\x06 \x01(\x08\"\x93\x01\n\x1dResolveDuplicateGroupResponse\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x16\n\x0e\x64\x65leted_images\x18\x02 \x03(\t\x12\x13\n\x0b\x66reed_bytes\x18\x03 \x01(\x03\x12\x34\n\x0f\x64uplicate_group\x18\x04 \x01(\x0b\x32\x1b.deeplens.v1.DuplicateGroup\")\n\x17GetStorageReportRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"\xae\x01\n\x18GetStorageReportResponse\x12(\n\x05total\x18\x01 \x01(\x0b\x32\x19.deeplens.v1.StorageUsage\x12\x36\n\x13\x62y_storage_location\x18\x02 \x03(\x0b\x32\x19.deeplens.v1.StorageUsage\x12\x30\n\rby_collection\x18\x03 \x03(\x0b\x32\x19.deeplens.v1.StorageUsage\"o\n\x0cStorageUsage\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x18\n\x10\x64uplicate_images\x18\x04 \x01(\x03\x12\x19\n\x11reclaimable_bytes\x18\x05 \x01(\x03*\x82\x01\n\rSearchRanking\x12\x1e\n\x1aSEARCH_RANKING_UNSPECIFIED\x10\x00\x12\x19\n\x15SEARCH_RANKING_VISUAL\x10\x01\x12\x19\n\x15SEARCH_RANKING_COLOUR\x10\x02\x12\x1b\n\x17SEARCH_RANKING_COMBINED\x10\x03*\x91\x01\n\rResolveAction\x12\x1e\n\x1aRESOLVE_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESOLVE_ACTION_KEEP_ALL\x10\x01\x12!\n\x1dRESOLVE_ACTION_NOT_DUPLICATES\x10\x02\x12 \n\x1cRESOLVE_ACTION_DELETE_OTHERS\x10\x03\x32\xac\x07\n\rSearchService\x12S\n\x0cSearchImages\x12 .deeplens.v1.SearchImagesRequest\x1a!.deeplens.v1.SearchImagesResponse\x12\x62\n\x11GetImageThumbnail\x12%.deeplens.v1.GetImageThumbnailRequest\x1a&.deeplens.v1.GetImageThumbnailResponse\x12G\n\x08GetImage\x12\x1c.deeplens.v1.GetImageRequest\x1a\x1d.deeplens.v1.GetImageResponse\x12M\n\nListImages\x12\x1e.deeplens.v1.ListImagesRequest\x1a\x1f.deeplens.v1.ListImagesResponse\x12P\n\x0b\x44\x65leteImage\x12\x1f.deeplens.v1.DeleteImageRequest\x1a .deeplens.v1.DeleteImageResponse\x12Y\n\x0e\x46indDuplicates\x12\".deeplens.v1.FindDuplicatesRequest\x1a#.deeplens.v1.FindDuplicatesResponse\x12h\n\x13ListDuplicateGroups\x12\'.deeplens.v1.ListDuplicateGroupsRequest\x1a(.deeplens.v1.ListDuplicateGroupsResponse\x12\x62\n\x11GetDuplicateGroup\x12%.deeplens.v1.GetDuplicateGroupRequest\x1a&.deeplens.v1.GetDuplicateGroupResponse\x12n\n\x15ResolveDuplicateGroup\x12).deeplens.v1.ResolveDuplicateGroupRequest\x1a*.deeplens.v1.ResolveDuplicateGroupResponse\x12_\n\x10GetStorageReport\x12$.deeplens.v1.GetStorageReportRequest\x1a%.deeplens.v1.GetStorageReportResponseBO\n\x0f\x64\x65v.deeplens.v1P\x01Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +34,54 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deeplens.v1.search_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.deeplens.v1P\001Z:github.com/deeplens/deeplens/gen/go/deeplens/v1;deeplensv1'
-  _globals['_GETIMAGETHUMBNAILREQUEST']._serialized_start=78
-  _globals['_GETIMAGETHUMBNAILREQUEST']._serialized_end=160
-  _globals['_GETIMAGETHUMBNAILRESPONSE']._serialized_start=162
-  _globals['_GETIMAGETHUMBNAILRESPONSE']._serialized_end=256
-  _globals['_SEARCHIMAGESREQUEST']._serialized_start=258
-  _globals['_SEARCHIMAGESREQUEST']._serialized_end=385
-  _globals['_SEARCHIMAGESRESPONSE']._serialized_start=387
-  _globals['_SEARCHIMAGESRESPONSE']._serialized_end=468
-  _globals['_SEARCHRESULT']._serialized_start=470
-  _globals['_SEARCHRESULT']._serialized_end=534
-  _globals['_SEARCHSERVICE']._serialized_start=537
-  _globals['_SEARCHSERVICE']._serialized_end=737
+  _globals['_SEARCHRANKING']._serialized_start=2882
+  _globals['_SEARCHRANKING']._serialized_end=3012
+  _globals['_RESOLVEACTION']._serialized_start=3015
+  _globals['_RESOLVEACTION']._serialized_end=3160
+  _globals['_GETIMAGETHUMBNAILREQUEST']._serialized_start=110
+  _globals['_GETIMAGETHUMBNAILREQUEST']._serialized_end=192
+  _globals['_GETIMAGETHUMBNAILRESPONSE']._serialized_start=194
+  _globals['_GETIMAGETHUMBNAILRESPONSE']._serialized_end=288
+  _globals['_SEARCHIMAGESREQUEST']._serialized_start=291
+  _globals['_SEARCHIMAGESREQUEST']._serialized_end=607
+  _globals['_SEARCHIMAGESRESPONSE']._serialized_start=610
+  _globals['_SEARCHIMAGESRESPONSE']._serialized_end=768
+  _globals['_SEARCHRESULT']._serialized_start=770
+  _globals['_SEARCHRESULT']._serialized_end=878
+  _globals['_GETIMAGEREQUEST']._serialized_start=880
+  _globals['_GETIMAGEREQUEST']._serialized_end=949
+  _globals['_GETIMAGERESPONSE']._serialized_start=951
+  _globals['_GETIMAGERESPONSE']._serialized_end=1053
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1056
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1210
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1212
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1293
+  _globals['_DELETEIMAGEREQUEST']._serialized_start=1295
+  _globals['_DELETEIMAGEREQUEST']._serialized_end=1354
+  _globals['_DELETEIMAGERESPONSE']._serialized_start=1356
+  _globals['_DELETEIMAGERESPONSE']._serialized_end=1424
+  _globals['_FINDDUPLICATESREQUEST']._serialized_start=1427
+  _globals['_FINDDUPLICATESREQUEST']._serialized_end=1655
+  _globals['_FINDDUPLICATESRESPONSE']._serialized_start=1658
+  _globals['_FINDDUPLICATESRESPONSE']._serialized_end=1789
+  _globals['_LISTDUPLICATEGROUPSREQUEST']._serialized_start=1792
+  _globals['_LISTDUPLICATEGROUPSREQUEST']._serialized_end=1939
+  _globals['_LISTDUPLICATEGROUPSRESPONSE']._serialized_start=1942
+  _globals['_LISTDUPLICATEGROUPSRESPONSE']._serialized_end=2071
+  _globals['_GETDUPLICATEGROUPREQUEST']._serialized_start=2073
+  _globals['_GETDUPLICATEGROUPREQUEST']._serialized_end=2151
+  _globals['_GETDUPLICATEGROUPRESPONSE']._serialized_start=2153
+  _globals['_GETDUPLICATEGROUPRESPONSE']._serialized_end=2234
+  _globals['_RESOLVEDUPLICATEGROUPREQUEST']._serialized_start=2237
+  _globals['_RESOLVEDUPLICATEGROUPREQUEST']._serialized_end=2396
+  _globals['_RESOLVEDUPLICATEGROUPRESPONSE']._serialized_start=2399
+  _globals['_RESOLVEDUPLICATEGROUPRESPONSE']._serialized_end=2546
+  _globals['_GETSTORAGEREPORTREQUEST']._serialized_start=2548
+  _globals['_GETSTORAGEREPORTREQUEST']._serialized_end=2589
+  _globals['_GETSTORAGEREPORTRESPONSE']._serialized_start=2592
+  _globals['_GETSTORAGEREPORTRESPONSE']._serialized_end=2766
+  _globals['_STORAGEUSAGE']._serialized_start=2768
+  _globals['_STORAGEUSAGE']._serialized_end=2879
+  _globals['_SEARCHSERVICE']._serialized_start=3163
+  _globals['_SEARCHSERVICE']._serialized_end=4103
 # @@protoc_insertion_point(module_scope)

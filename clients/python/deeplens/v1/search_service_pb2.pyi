@@ -6,8 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from deeplens.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,56 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SearchRanking:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchRankingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchRanking.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_RANKING_UNSPECIFIED: _SearchRanking.ValueType  # 0
+    SEARCH_RANKING_VISUAL: _SearchRanking.ValueType  # 1
+    """Embedding cosine: what the picture shows."""
+    SEARCH_RANKING_COLOUR: _SearchRanking.ValueType  # 2
+    """Colour histogram similarity (Bhattacharyya coefficient, in [0, 1])."""
+    SEARCH_RANKING_COMBINED: _SearchRanking.ValueType  # 3
+    """(1 - colour_weight) x visual + colour_weight x colour."""
+
+class SearchRanking(_SearchRanking, metaclass=_SearchRankingEnumTypeWrapper): ...
+
+SEARCH_RANKING_UNSPECIFIED: SearchRanking.ValueType  # 0
+SEARCH_RANKING_VISUAL: SearchRanking.ValueType  # 1
+"""Embedding cosine: what the picture shows."""
+SEARCH_RANKING_COLOUR: SearchRanking.ValueType  # 2
+"""Colour histogram similarity (Bhattacharyya coefficient, in [0, 1])."""
+SEARCH_RANKING_COMBINED: SearchRanking.ValueType  # 3
+"""(1 - colour_weight) x visual + colour_weight x colour."""
+Global___SearchRanking: _TypeAlias = SearchRanking  # noqa: Y015
+
+class _ResolveAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResolveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResolveAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESOLVE_ACTION_UNSPECIFIED: _ResolveAction.ValueType  # 0
+    RESOLVE_ACTION_KEEP_ALL: _ResolveAction.ValueType  # 1
+    """They are duplicates, keep them all; the group stops needing review."""
+    RESOLVE_ACTION_NOT_DUPLICATES: _ResolveAction.ValueType  # 2
+    """They are not duplicates: the links are dropped for good and the group dissolves."""
+    RESOLVE_ACTION_DELETE_OTHERS: _ResolveAction.ValueType  # 3
+    """Keep the keeper; delete every other member from the index (and, if asked, from storage)."""
+
+class ResolveAction(_ResolveAction, metaclass=_ResolveActionEnumTypeWrapper): ...
+
+RESOLVE_ACTION_UNSPECIFIED: ResolveAction.ValueType  # 0
+RESOLVE_ACTION_KEEP_ALL: ResolveAction.ValueType  # 1
+"""They are duplicates, keep them all; the group stops needing review."""
+RESOLVE_ACTION_NOT_DUPLICATES: ResolveAction.ValueType  # 2
+"""They are not duplicates: the links are dropped for good and the group dissolves."""
+RESOLVE_ACTION_DELETE_OTHERS: ResolveAction.ValueType  # 3
+"""Keep the keeper; delete every other member from the index (and, if asked, from storage)."""
+Global___ResolveAction: _TypeAlias = ResolveAction  # noqa: Y015
 
 @_typing.final
 class GetImageThumbnailRequest(_message.Message):
@@ -79,8 +131,14 @@ class SearchImagesRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     IMAGE_CONTENT_FIELD_NUMBER: _builtins.int
     IMAGE_NAME_FIELD_NUMBER: _builtins.int
+    IMAGE_URI_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     MIN_SCORE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    RANKING_FIELD_NUMBER: _builtins.int
+    COLOUR_WEIGHT_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Where to search: `tenants/{tenant}` (all collections) or `tenants/{tenant}/collections/{collection}`."""
     image_content: _builtins.bytes
@@ -89,24 +147,42 @@ class SearchImagesRequest(_message.Message):
     """An indexed image to search with: `tenants/{tenant}/collections/{collection}/images/{image}`.
     The image itself is left out of the results.
     """
+    image_uri: _builtins.str
+    """An http(s) URL the server fetches the query image from (same rules as URL ingest)."""
     top_k: _builtins.int
-    """How many results at most; default 10, at most 1000."""
+    """How many results per page; default 10, at most 1000."""
     min_score: _builtins.float
-    """Cosine similarity below which results are dropped, in [-1, 1]; default 0 (keeps all)."""
+    """Score below which results are dropped, in [-1, 1]; default 0 (keeps all)."""
+    ranking: Global___SearchRanking.ValueType
+    """What "similar" means; default SEARCH_RANKING_VISUAL."""
+    colour_weight: _builtins.float
+    """For SEARCH_RANKING_COMBINED: the colour score's weight in [0, 1]; default 0.3."""
+    view: _resources_pb2.ImageView.ValueType
+    """How much of each image to return; default IMAGE_VIEW_BASIC."""
+    page_token: _builtins.str
+    """From a previous response's `next_page_token`; the other fields must be the same."""
+    @_builtins.property
+    def filter(self) -> _resources_pb2.ImageFilter: ...
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         image_content: _builtins.bytes = ...,
         image_name: _builtins.str = ...,
+        image_uri: _builtins.str = ...,
         top_k: _builtins.int = ...,
         min_score: _builtins.float = ...,
+        filter: _resources_pb2.ImageFilter | None = ...,
+        ranking: Global___SearchRanking.ValueType = ...,
+        colour_weight: _builtins.float = ...,
+        view: _resources_pb2.ImageView.ValueType = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image_content", b"image_content", "image_name", b"image_name", "query", b"query"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "image_content", b"image_content", "image_name", b"image_name", "image_uri", b"image_uri", "query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_content", b"image_content", "image_name", b"image_name", "min_score", b"min_score", "parent", b"parent", "query", b"query", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["colour_weight", b"colour_weight", "filter", b"filter", "image_content", b"image_content", "image_name", b"image_name", "image_uri", b"image_uri", "min_score", b"min_score", "page_token", b"page_token", "parent", b"parent", "query", b"query", "ranking", b"ranking", "top_k", b"top_k", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["image_content", "image_name"]  # noqa: Y015
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["image_content", "image_name", "image_uri"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
@@ -118,19 +194,29 @@ class SearchImagesResponse(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROCESSING_TIME_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The embedding model that answered, as `model@version`."""
+    next_page_token: _builtins.str
+    """Empty on the last page (results end at 1000 in all)."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchResult]: ...
+    @_builtins.property
+    def processing_time(self) -> _duration_pb2.Duration:
+        """Time the server spent on the request."""
+
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___SearchResult] | None = ...,
         model: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
+        processing_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["processing_time", b"processing_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "next_page_token", b"next_page_token", "processing_time", b"processing_time", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,8 +228,14 @@ class SearchResult(_message.Message):
 
     SCORE_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    VISUAL_SCORE_FIELD_NUMBER: _builtins.int
+    COLOUR_SCORE_FIELD_NUMBER: _builtins.int
     score: _builtins.float
-    """Cosine similarity of the embeddings, in [-1, 1]; higher is more similar."""
+    """The ranking's score; higher is more similar."""
+    visual_score: _builtins.float
+    """Embedding cosine, in [-1, 1]."""
+    colour_score: _builtins.float
+    """Colour histogram similarity, in [0, 1]; set for COLOUR and COMBINED rankings."""
     @_builtins.property
     def image(self) -> _resources_pb2.Image: ...
     def __init__(
@@ -151,11 +243,508 @@ class SearchResult(_message.Message):
         *,
         score: _builtins.float = ...,
         image: _resources_pb2.Image | None = ...,
+        visual_score: _builtins.float = ...,
+        colour_score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["colour_score", b"colour_score", "image", b"image", "score", b"score", "visual_score", b"visual_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResult: _TypeAlias = SearchResult  # noqa: Y015
+
+@_typing.final
+class GetImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/collections/{collection}/images/{image}`."""
+    view: _resources_pb2.ImageView.ValueType
+    """Default IMAGE_VIEW_FULL."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        view: _resources_pb2.ImageView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageRequest: _TypeAlias = GetImageRequest  # noqa: Y015
+
+@_typing.final
+class GetImageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> _resources_pb2.Image: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.DuplicateMatch]:
+        """The image's recorded matches (exact, near-duplicate and similar), strongest first."""
+
+    def __init__(
+        self,
+        *,
+        image: _resources_pb2.Image | None = ...,
+        duplicates: _abc.Iterable[_resources_pb2.DuplicateMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageResponse: _TypeAlias = GetImageResponse  # noqa: Y015
+
+@_typing.final
+class ListImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`tenants/{tenant}` or `tenants/{tenant}/collections/{collection}`."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    view: _resources_pb2.ImageView.ValueType
+    """Default IMAGE_VIEW_BASIC."""
+    @_builtins.property
+    def filter(self) -> _resources_pb2.ImageFilter: ...
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        filter: _resources_pb2.ImageFilter | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        view: _resources_pb2.ImageView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImagesRequest: _TypeAlias = ListImagesRequest  # noqa: Y015
+
+@_typing.final
+class ListImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Image]: ...
+    def __init__(
+        self,
+        *,
+        images: _abc.Iterable[_resources_pb2.Image] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImagesResponse: _TypeAlias = ListImagesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DELETE_ORIGINAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/collections/{collection}/images/{image}`."""
+    delete_original: _builtins.bool
+    """Also delete the original bytes from where they are stored (an uploaded original, or the object in the
+    tenant's storage location).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        delete_original: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_original", b"delete_original", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImageRequest: _TypeAlias = DeleteImageRequest  # noqa: Y015
+
+@_typing.final
+class DeleteImageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_DELETED_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    original_deleted: _builtins.bool
+    """Whether the original was deleted too."""
+    freed_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        original_deleted: _builtins.bool = ...,
+        freed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["freed_bytes", b"freed_bytes", "original_deleted", b"original_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImageResponse: _TypeAlias = DeleteImageResponse  # noqa: Y015
+
+@_typing.final
+class FindDuplicatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    IMAGE_CONTENT_FIELD_NUMBER: _builtins.int
+    IMAGE_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    INCLUDE_SIMILAR_FIELD_NUMBER: _builtins.int
+    MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """Where to look: `tenants/{tenant}` or `tenants/{tenant}/collections/{collection}`."""
+    image_content: _builtins.bytes
+    image_name: _builtins.str
+    """An indexed image; itself left out."""
+    include_similar: _builtins.bool
+    """Also return SIMILAR matches (default: only EXACT and NEAR_DUPLICATE)."""
+    max_candidates: _builtins.int
+    """Candidates to consider (default 50, at most 500)."""
+    view: _resources_pb2.ImageView.ValueType
+    @_builtins.property
+    def policy(self) -> _resources_pb2.DuplicatePolicy:
+        """Overrides the tenant's policy for this request; zero fields keep the tenant's values."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        image_content: _builtins.bytes = ...,
+        image_name: _builtins.str = ...,
+        policy: _resources_pb2.DuplicatePolicy | None = ...,
+        include_similar: _builtins.bool = ...,
+        max_candidates: _builtins.int = ...,
+        view: _resources_pb2.ImageView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image_content", b"image_content", "image_name", b"image_name", "policy", b"policy", "query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_content", b"image_content", "image_name", b"image_name", "include_similar", b"include_similar", "max_candidates", b"max_candidates", "parent", b"parent", "policy", b"policy", "query", b"query", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["image_content", "image_name"]  # noqa: Y015
+    _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
+
+Global___FindDuplicatesRequest: _TypeAlias = FindDuplicatesRequest  # noqa: Y015
+
+@_typing.final
+class FindDuplicatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHES_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.DuplicateMatch]:
+        """Strongest tier first, then by score."""
+
+    @_builtins.property
+    def policy(self) -> _resources_pb2.DuplicatePolicy:
+        """The policy that was applied, defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        matches: _abc.Iterable[_resources_pb2.DuplicateMatch] | None = ...,
+        policy: _resources_pb2.DuplicatePolicy | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "model", b"model", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindDuplicatesResponse: _TypeAlias = FindDuplicatesResponse  # noqa: Y015
+
+@_typing.final
+class ListDuplicateGroupsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESOLVED_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`tenants/{tenant}` or `tenants/{tenant}/collections/{collection}` (groups with a member in it)."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    include_resolved: _builtins.bool
+    """Also list groups whose every link has a review decision."""
+    view: _resources_pb2.ImageView.ValueType
+    """Default IMAGE_VIEW_BASIC."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_resolved: _builtins.bool = ...,
+        view: _resources_pb2.ImageView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_resolved", b"include_resolved", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDuplicateGroupsRequest: _TypeAlias = ListDuplicateGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListDuplicateGroupsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_GROUPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    total_size: _builtins.int
+    """Groups matching the request, over all pages."""
+    @_builtins.property
+    def duplicate_groups(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.DuplicateGroup]: ...
+    def __init__(
+        self,
+        *,
+        duplicate_groups: _abc.Iterable[_resources_pb2.DuplicateGroup] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_groups", b"duplicate_groups", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDuplicateGroupsResponse: _TypeAlias = ListDuplicateGroupsResponse  # noqa: Y015
+
+@_typing.final
+class GetDuplicateGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/duplicateGroups/{duplicate_group}`."""
+    view: _resources_pb2.ImageView.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        view: _resources_pb2.ImageView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDuplicateGroupRequest: _TypeAlias = GetDuplicateGroupRequest  # noqa: Y015
+
+@_typing.final
+class GetDuplicateGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def duplicate_group(self) -> _resources_pb2.DuplicateGroup: ...
+    def __init__(
+        self,
+        *,
+        duplicate_group: _resources_pb2.DuplicateGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duplicate_group", b"duplicate_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_group", b"duplicate_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDuplicateGroupResponse: _TypeAlias = GetDuplicateGroupResponse  # noqa: Y015
+
+@_typing.final
+class ResolveDuplicateGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    KEEPER_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    DELETE_ORIGINALS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/duplicateGroups/{duplicate_group}`."""
+    action: Global___ResolveAction.ValueType
+    keeper: _builtins.str
+    """For RESOLVE_ACTION_DELETE_OTHERS: the member to keep; default the group's suggested keeper."""
+    etag: _builtins.str
+    """The group's etag as last read; a changed group is refused with ABORTED."""
+    force: _builtins.bool
+    """Do it. Without this the call is a dry run that reports what would happen."""
+    delete_originals: _builtins.bool
+    """For RESOLVE_ACTION_DELETE_OTHERS: also delete the others' original bytes from storage."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        action: Global___ResolveAction.ValueType = ...,
+        keeper: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        delete_originals: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "delete_originals", b"delete_originals", "etag", b"etag", "force", b"force", "keeper", b"keeper", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDuplicateGroupRequest: _TypeAlias = ResolveDuplicateGroupRequest  # noqa: Y015
+
+@_typing.final
+class ResolveDuplicateGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    DELETED_IMAGES_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_GROUP_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    freed_bytes: _builtins.int
+    """Bytes freed (or that would be): the deleted images' sizes."""
+    @_builtins.property
+    def deleted_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Images deleted (or, in a dry run, that would be)."""
+
+    @_builtins.property
+    def duplicate_group(self) -> _resources_pb2.DuplicateGroup:
+        """The group after the decision; unset when it dissolved."""
+
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        deleted_images: _abc.Iterable[_builtins.str] | None = ...,
+        freed_bytes: _builtins.int = ...,
+        duplicate_group: _resources_pb2.DuplicateGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duplicate_group", b"duplicate_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_images", b"deleted_images", "dry_run", b"dry_run", "duplicate_group", b"duplicate_group", "freed_bytes", b"freed_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDuplicateGroupResponse: _TypeAlias = ResolveDuplicateGroupResponse  # noqa: Y015
+
+@_typing.final
+class GetStorageReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`tenants/{tenant}` or `tenants/{tenant}/collections/{collection}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageReportRequest: _TypeAlias = GetStorageReportRequest  # noqa: Y015
+
+@_typing.final
+class GetStorageReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BY_STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    BY_COLLECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def total(self) -> Global___StorageUsage: ...
+    @_builtins.property
+    def by_storage_location(self) -> _containers.RepeatedCompositeFieldContainer[Global___StorageUsage]: ...
+    @_builtins.property
+    def by_collection(self) -> _containers.RepeatedCompositeFieldContainer[Global___StorageUsage]: ...
+    def __init__(
+        self,
+        *,
+        total: Global___StorageUsage | None = ...,
+        by_storage_location: _abc.Iterable[Global___StorageUsage] | None = ...,
+        by_collection: _abc.Iterable[Global___StorageUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_collection", b"by_collection", "by_storage_location", b"by_storage_location", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageReportResponse: _TypeAlias = GetStorageReportResponse  # noqa: Y015
+
+@_typing.final
+class StorageUsage(_message.Message):
+    """Bytes in one slice of the index. Reclaimable bytes: every duplicate-group member but the keeper, counting
+    only unresolved groups.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_IMAGES_FIELD_NUMBER: _builtins.int
+    RECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The storage location or collection name; "uploads" for uploaded images; empty for the total."""
+    images: _builtins.int
+    bytes: _builtins.int
+    duplicate_images: _builtins.int
+    reclaimable_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        images: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        duplicate_images: _builtins.int = ...,
+        reclaimable_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "duplicate_images", b"duplicate_images", "images", b"images", "key", b"key", "reclaimable_bytes", b"reclaimable_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StorageUsage: _TypeAlias = StorageUsage  # noqa: Y015

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class SearchServiceStub:
-    """Visual similarity search.
+    """Visual similarity search, duplicates, and the indexed images themselves.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,50 @@ class SearchServiceStub:
                 request_serializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailResponse.FromString,
                 _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/deeplens.v1.SearchService/GetImage',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetImageResponse.FromString,
+                _registered_method=True)
+        self.ListImages = channel.unary_unary(
+                '/deeplens.v1.SearchService/ListImages',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.DeleteImage = channel.unary_unary(
+                '/deeplens.v1.SearchService/DeleteImage',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.DeleteImageRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.DeleteImageResponse.FromString,
+                _registered_method=True)
+        self.FindDuplicates = channel.unary_unary(
+                '/deeplens.v1.SearchService/FindDuplicates',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.FindDuplicatesRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.FindDuplicatesResponse.FromString,
+                _registered_method=True)
+        self.ListDuplicateGroups = channel.unary_unary(
+                '/deeplens.v1.SearchService/ListDuplicateGroups',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.ListDuplicateGroupsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.ListDuplicateGroupsResponse.FromString,
+                _registered_method=True)
+        self.GetDuplicateGroup = channel.unary_unary(
+                '/deeplens.v1.SearchService/GetDuplicateGroup',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.GetDuplicateGroupRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetDuplicateGroupResponse.FromString,
+                _registered_method=True)
+        self.ResolveDuplicateGroup = channel.unary_unary(
+                '/deeplens.v1.SearchService/ResolveDuplicateGroup',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.ResolveDuplicateGroupRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.ResolveDuplicateGroupResponse.FromString,
+                _registered_method=True)
+        self.GetStorageReport = channel.unary_unary(
+                '/deeplens.v1.SearchService/GetStorageReport',
+                request_serializer=deeplens_dot_v1_dot_search__service__pb2.GetStorageReportRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetStorageReportResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
-    """Visual similarity search.
+    """Visual similarity search, duplicates, and the indexed images themselves.
     """
 
     def SearchImages(self, request, context):
@@ -60,6 +100,61 @@ class SearchServiceServicer:
 
     def GetImageThumbnail(self, request, context):
         """An indexed image's thumbnail (WebP).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImage(self, request, context):
+        """An indexed image with its duplicate links.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImages(self, request, context):
+        """Indexed images, filtered, in name order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImage(self, request, context):
+        """Removes an image from the index (vector, row, thumbnails, links) and, if asked, its original.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindDuplicates(self, request, context):
+        """The duplicates and similar images of one image, each with its tier and scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDuplicateGroups(self, request, context):
+        """Duplicate groups of a tenant or collection, most reclaimable bytes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDuplicateGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveDuplicateGroup(self, request, context):
+        """Records a review decision on a group, or deletes all but the keeper. A dry run unless `force` is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStorageReport(self, request, context):
+        """Bytes held and bytes reclaimable by removing duplicates, in total and by storage location and collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +173,46 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     request_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailResponse.SerializeToString,
             ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetImageRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.GetImageResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.ListImagesRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'DeleteImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImage,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.DeleteImageRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.DeleteImageResponse.SerializeToString,
+            ),
+            'FindDuplicates': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindDuplicates,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.FindDuplicatesRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.FindDuplicatesResponse.SerializeToString,
+            ),
+            'ListDuplicateGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDuplicateGroups,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.ListDuplicateGroupsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.ListDuplicateGroupsResponse.SerializeToString,
+            ),
+            'GetDuplicateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDuplicateGroup,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetDuplicateGroupRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.GetDuplicateGroupResponse.SerializeToString,
+            ),
+            'ResolveDuplicateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDuplicateGroup,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.ResolveDuplicateGroupRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.ResolveDuplicateGroupResponse.SerializeToString,
+            ),
+            'GetStorageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorageReport,
+                    request_deserializer=deeplens_dot_v1_dot_search__service__pb2.GetStorageReportRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_search__service__pb2.GetStorageReportResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'deeplens.v1.SearchService', rpc_method_handlers)
@@ -87,7 +222,7 @@ def add_SearchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SearchService:
-    """Visual similarity search.
+    """Visual similarity search, duplicates, and the indexed images themselves.
     """
 
     @staticmethod
@@ -134,6 +269,222 @@ class SearchService:
             '/deeplens.v1.SearchService/GetImageThumbnail',
             deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailRequest.SerializeToString,
             deeplens_dot_v1_dot_search__service__pb2.GetImageThumbnailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/GetImage',
+            deeplens_dot_v1_dot_search__service__pb2.GetImageRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.GetImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/ListImages',
+            deeplens_dot_v1_dot_search__service__pb2.ListImagesRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/DeleteImage',
+            deeplens_dot_v1_dot_search__service__pb2.DeleteImageRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.DeleteImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindDuplicates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/FindDuplicates',
+            deeplens_dot_v1_dot_search__service__pb2.FindDuplicatesRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.FindDuplicatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDuplicateGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/ListDuplicateGroups',
+            deeplens_dot_v1_dot_search__service__pb2.ListDuplicateGroupsRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.ListDuplicateGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDuplicateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/GetDuplicateGroup',
+            deeplens_dot_v1_dot_search__service__pb2.GetDuplicateGroupRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.GetDuplicateGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDuplicateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/ResolveDuplicateGroup',
+            deeplens_dot_v1_dot_search__service__pb2.ResolveDuplicateGroupRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.ResolveDuplicateGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.SearchService/GetStorageReport',
+            deeplens_dot_v1_dot_search__service__pb2.GetStorageReportRequest.SerializeToString,
+            deeplens_dot_v1_dot_search__service__pb2.GetStorageReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SearchServiceStub:
-    """Visual similarity search."""
+    """Visual similarity search, duplicates, and the indexed images themselves."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,19 +37,49 @@ class SearchServiceStub:
     """Finds the images most similar to a query image, best first."""
     GetImageThumbnail: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.GetImageThumbnailRequest, _search_service_pb2.GetImageThumbnailResponse]
     """An indexed image's thumbnail (WebP)."""
+    GetImage: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.GetImageRequest, _search_service_pb2.GetImageResponse]
+    """An indexed image with its duplicate links."""
+    ListImages: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.ListImagesRequest, _search_service_pb2.ListImagesResponse]
+    """Indexed images, filtered, in name order."""
+    DeleteImage: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.DeleteImageRequest, _search_service_pb2.DeleteImageResponse]
+    """Removes an image from the index (vector, row, thumbnails, links) and, if asked, its original."""
+    FindDuplicates: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.FindDuplicatesRequest, _search_service_pb2.FindDuplicatesResponse]
+    """The duplicates and similar images of one image, each with its tier and scores."""
+    ListDuplicateGroups: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.ListDuplicateGroupsRequest, _search_service_pb2.ListDuplicateGroupsResponse]
+    """Duplicate groups of a tenant or collection, most reclaimable bytes first."""
+    GetDuplicateGroup: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.GetDuplicateGroupRequest, _search_service_pb2.GetDuplicateGroupResponse]
+    ResolveDuplicateGroup: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.ResolveDuplicateGroupRequest, _search_service_pb2.ResolveDuplicateGroupResponse]
+    """Records a review decision on a group, or deletes all but the keeper. A dry run unless `force` is set."""
+    GetStorageReport: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.GetStorageReportRequest, _search_service_pb2.GetStorageReportResponse]
+    """Bytes held and bytes reclaimable by removing duplicates, in total and by storage location and collection."""
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
-    """Visual similarity search."""
+    """Visual similarity search, duplicates, and the indexed images themselves."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SearchImages: _aio.UnaryUnaryMultiCallable[_search_service_pb2.SearchImagesRequest, _search_service_pb2.SearchImagesResponse]  # type: ignore[assignment]
     """Finds the images most similar to a query image, best first."""
     GetImageThumbnail: _aio.UnaryUnaryMultiCallable[_search_service_pb2.GetImageThumbnailRequest, _search_service_pb2.GetImageThumbnailResponse]  # type: ignore[assignment]
     """An indexed image's thumbnail (WebP)."""
+    GetImage: _aio.UnaryUnaryMultiCallable[_search_service_pb2.GetImageRequest, _search_service_pb2.GetImageResponse]  # type: ignore[assignment]
+    """An indexed image with its duplicate links."""
+    ListImages: _aio.UnaryUnaryMultiCallable[_search_service_pb2.ListImagesRequest, _search_service_pb2.ListImagesResponse]  # type: ignore[assignment]
+    """Indexed images, filtered, in name order."""
+    DeleteImage: _aio.UnaryUnaryMultiCallable[_search_service_pb2.DeleteImageRequest, _search_service_pb2.DeleteImageResponse]  # type: ignore[assignment]
+    """Removes an image from the index (vector, row, thumbnails, links) and, if asked, its original."""
+    FindDuplicates: _aio.UnaryUnaryMultiCallable[_search_service_pb2.FindDuplicatesRequest, _search_service_pb2.FindDuplicatesResponse]  # type: ignore[assignment]
+    """The duplicates and similar images of one image, each with its tier and scores."""
+    ListDuplicateGroups: _aio.UnaryUnaryMultiCallable[_search_service_pb2.ListDuplicateGroupsRequest, _search_service_pb2.ListDuplicateGroupsResponse]  # type: ignore[assignment]
+    """Duplicate groups of a tenant or collection, most reclaimable bytes first."""
+    GetDuplicateGroup: _aio.UnaryUnaryMultiCallable[_search_service_pb2.GetDuplicateGroupRequest, _search_service_pb2.GetDuplicateGroupResponse]  # type: ignore[assignment]
+    ResolveDuplicateGroup: _aio.UnaryUnaryMultiCallable[_search_service_pb2.ResolveDuplicateGroupRequest, _search_service_pb2.ResolveDuplicateGroupResponse]  # type: ignore[assignment]
+    """Records a review decision on a group, or deletes all but the keeper. A dry run unless `force` is set."""
+    GetStorageReport: _aio.UnaryUnaryMultiCallable[_search_service_pb2.GetStorageReportRequest, _search_service_pb2.GetStorageReportResponse]  # type: ignore[assignment]
+    """Bytes held and bytes reclaimable by removing duplicates, in total and by storage location and collection."""
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Visual similarity search."""
+    """Visual similarity search, duplicates, and the indexed images themselves."""
 
     @_abc_1.abstractmethod
     def SearchImages(
@@ -66,5 +96,68 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_service_pb2.GetImageThumbnailResponse, _abc.Awaitable[_search_service_pb2.GetImageThumbnailResponse]]:
         """An indexed image's thumbnail (WebP)."""
+
+    @_abc_1.abstractmethod
+    def GetImage(
+        self,
+        request: _search_service_pb2.GetImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.GetImageResponse, _abc.Awaitable[_search_service_pb2.GetImageResponse]]:
+        """An indexed image with its duplicate links."""
+
+    @_abc_1.abstractmethod
+    def ListImages(
+        self,
+        request: _search_service_pb2.ListImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.ListImagesResponse, _abc.Awaitable[_search_service_pb2.ListImagesResponse]]:
+        """Indexed images, filtered, in name order."""
+
+    @_abc_1.abstractmethod
+    def DeleteImage(
+        self,
+        request: _search_service_pb2.DeleteImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.DeleteImageResponse, _abc.Awaitable[_search_service_pb2.DeleteImageResponse]]:
+        """Removes an image from the index (vector, row, thumbnails, links) and, if asked, its original."""
+
+    @_abc_1.abstractmethod
+    def FindDuplicates(
+        self,
+        request: _search_service_pb2.FindDuplicatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.FindDuplicatesResponse, _abc.Awaitable[_search_service_pb2.FindDuplicatesResponse]]:
+        """The duplicates and similar images of one image, each with its tier and scores."""
+
+    @_abc_1.abstractmethod
+    def ListDuplicateGroups(
+        self,
+        request: _search_service_pb2.ListDuplicateGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.ListDuplicateGroupsResponse, _abc.Awaitable[_search_service_pb2.ListDuplicateGroupsResponse]]:
+        """Duplicate groups of a tenant or collection, most reclaimable bytes first."""
+
+    @_abc_1.abstractmethod
+    def GetDuplicateGroup(
+        self,
+        request: _search_service_pb2.GetDuplicateGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.GetDuplicateGroupResponse, _abc.Awaitable[_search_service_pb2.GetDuplicateGroupResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResolveDuplicateGroup(
+        self,
+        request: _search_service_pb2.ResolveDuplicateGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.ResolveDuplicateGroupResponse, _abc.Awaitable[_search_service_pb2.ResolveDuplicateGroupResponse]]:
+        """Records a review decision on a group, or deletes all but the keeper. A dry run unless `force` is set."""
+
+    @_abc_1.abstractmethod
+    def GetStorageReport(
+        self,
+        request: _search_service_pb2.GetStorageReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.GetStorageReportResponse, _abc.Awaitable[_search_service_pb2.GetStorageReportResponse]]:
+        """Bytes held and bytes reclaimable by removing duplicates, in total and by storage location and collection."""
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,136 @@
+"""Tiered, explained duplicate matching: EXACT (same SHA-256), NEAR_DUPLICATE (perceptual hashes close, or
+embeddings very close), SIMILAR (embeddings close). Pure functions; the stores live elsewhere.
+
+The defaults come from the benchmark in docs/duplicates.md (bench/dedup_eval.py): they keep precision on
+"duplicate" at 1.0 on distinct-but-similar photos while finding the transformed copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from deeplens_server.errors import InvalidArgument
+
+EXACT = 1
+NEAR_DUPLICATE = 2
+SIMILAR = 3
+DUPLICATE_TIERS = (EXACT, NEAR_DUPLICATE)
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicatePolicy:
+    max_phash_distance: int = 8
+    max_dhash_distance: int = 10
+    near_duplicate_min_cosine: float = 0.90
+    similar_min_cosine: float = 0.75
+
+    def override(self, values: dict[str, Any]) -> DuplicatePolicy:
+        """This policy with the non-zero ``values`` applied, checked."""
+        changes = {k: v for k, v in values.items() if v}
+        for name in ("max_phash_distance", "max_dhash_distance"):
+            if name in changes and not 0 <= int(changes[name]) <= 32:
+                raise InvalidArgument(f"{name} must be in [0, 32]", field=f"policy.{name}", reason="INVALID_POLICY")
+        for name in ("near_duplicate_min_cosine", "similar_min_cosine"):
+            if name in changes and not 0.0 < float(changes[name]) <= 1.0:
+                raise InvalidArgument(f"{name} must be in (0, 1]", field=f"policy.{name}", reason="INVALID_POLICY")
+        policy = replace(self, **changes)
+        if policy.similar_min_cosine > policy.near_duplicate_min_cosine:
+            raise InvalidArgument(
+                "similar_min_cosine must not exceed near_duplicate_min_cosine",
+                field="policy.similar_min_cosine",
+                reason="INVALID_POLICY",
+            )
+        return policy
+
+
+DEFAULT_POLICY = DuplicatePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What matching needs to know about one image."""
+
+    sha256: str
+    phash: str
+    dhash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    collection_id: str
+    image_id: str
+    sha256: str
+    tier: int
+    rule: str
+    phash_distance: int
+    dhash_distance: int
+    cosine: float
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.collection_id, self.image_id)
+
+
+def hamming(a: str, b: str) -> int:
+    """Bits that differ between two hex-encoded hashes (64 when either is missing)."""
+    try:
+        return (int(a, 16) ^ int(b, 16)).bit_count()
+    except ValueError:
+        return 64
+
+
+def classify(
+    policy: DuplicatePolicy, query: Fingerprint, other: Fingerprint, cosine: float
+) -> tuple[int, str, int, int] | None:
+    """(tier, rule, pHash distance, dHash distance), or None when the pair is not even similar."""
+    dp, dd = hamming(query.phash, other.phash), hamming(query.dhash, other.dhash)
+    if query.sha256 == other.sha256:
+        return EXACT, "sha256", dp, dd
+    if dp <= policy.max_phash_distance and dd <= policy.max_dhash_distance:
+        return NEAR_DUPLICATE, "hashes", dp, dd
+    if cosine >= policy.near_duplicate_min_cosine:
+        return NEAR_DUPLICATE, "embedding", dp, dd
+    if cosine >= policy.similar_min_cosine:
+        return SIMILAR, "embedding", dp, dd
+    return None
+
+
+def match(
+    policy: DuplicatePolicy, query: Fingerprint, key: tuple[str, str], other: Fingerprint, cosine: float
+) -> Match | None:
+    found = classify(policy, query, other, cosine)
+    if found is None:
+        return None
+    tier, rule, dp, dd = found
+    return Match(key[0], key[1], other.sha256, tier, rule, dp, dd, cosine)
+
+
+def ranked(matches: list[Match]) -> list[Match]:
+    """Strongest tier first, then the closest embeddings."""
+    return sorted(matches, key=lambda m: (m.tier, -m.cosine, m.phash_distance, m.key))
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    collection_id: str
+    image_id: str
+    width: int
+    height: int
+    size_bytes: int
+    create_time: datetime | None
+
+
+def keeper(members: list[Member]) -> Member:
+    """The member to keep: the largest resolution, then the largest file, then the oldest, then by name."""
+    return min(
+        members,
+        key=lambda m: (
+            -(m.width * m.height),
+            -m.size_bytes,
+            m.create_time.timestamp() if m.create_time else float("inf"),
+            m.collection_id,
+            m.image_id,
+        ),
+    )
