@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.up(timeout=240)
         yield stack
     finally:
+        if os.environ.get("DEEPLENS_TEST_KEEP_LOGS"):  # for a post-mortem: the services' logs outlive the stack
+            shutil.copytree(data_dir / "logs", os.environ["DEEPLENS_TEST_KEEP_LOGS"], dirs_exist_ok=True)
         stack.destroy()
 
 

@@ -403,9 +403,9 @@ async def storage_usage(
 ) -> tuple[Usage, list[Usage], list[Usage]]:
     """(total, by storage location, by collection). Reclaimable: unresolved groups' members but the keeper."""
     base = (
-        "SELECT {key} AS key, count(*) AS images, coalesce(sum(i.size_bytes), 0) AS bytes, "
+        "SELECT {key} AS key, count(*) AS images, coalesce(sum(i.size_bytes), 0)::bigint AS bytes, "
         "count(g.id) AS duplicate_images, coalesce(sum(i.size_bytes) FILTER (WHERE g.id IS NOT NULL "
-        "AND NOT g.resolved AND (i.collection_id, i.image_id) <> (g.keeper_collection, g.keeper_image)), 0) "
+        "AND NOT g.resolved AND (i.collection_id, i.image_id) <> (g.keeper_collection, g.keeper_image)), 0)::bigint "
         "AS reclaimable_bytes FROM images i LEFT JOIN duplicate_groups g ON g.tenant_id = i.tenant_id "
         "AND g.id = i.group_id WHERE i.tenant_id = $1 AND ($2::text IS NULL OR i.collection_id = $2) {group}"
     )
