@@ -8,7 +8,8 @@ import io
 import grpc
 import pytest
 from deeplens.client import DeepLensClient, error_info
-from deeplens.v1 import resources_pb2, search_service_pb2
+from deeplens.v1 import admin_service_pb2, resources_pb2, search_service_pb2
+from google.protobuf import field_mask_pb2
 from PIL import Image, ImageOps
 
 from tests.conftest import ClientFactory, new_tenant
@@ -346,3 +347,34 @@ def test_other_tenants_cannot_see_or_resolve_groups(
             call()
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert len(_groups(client, f"tenants/{tenant}").duplicate_groups) == 2
+
+
+def test_tenant_policy_overrides_defaults(
+    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant, client = new_tenant(admin, connect)
+    default = admin.get_tenant(f"tenants/{tenant}").duplicate_policy
+    assert default.near_duplicate_min_cosine > 0
+    assert default.max_phash_distance > 0
+    update = resources_pb2.Tenant(
+        name=f"tenants/{tenant}", duplicate_policy=resources_pb2.DuplicatePolicy(max_phash_distance=3)
+    )
+    mask = field_mask_pb2.FieldMask(paths=["duplicate_policy"])
+    changed = admin.admin.UpdateTenant(
+        admin_service_pb2.UpdateTenantRequest(tenant=update, update_mask=mask), metadata=admin.metadata
+    ).tenant
+    assert changed.duplicate_policy.max_phash_distance == 3
+    assert changed.duplicate_policy.max_dhash_distance == default.max_dhash_distance  # zero kept the default
+    found = client.search.FindDuplicates(
+        search_service_pb2.FindDuplicatesRequest(parent=f"tenants/{tenant}", image_content=photos["moon"]),
+        metadata=client.metadata,
+    )
+    assert found.policy.max_phash_distance == 3
+    bad = resources_pb2.Tenant(
+        name=f"tenants/{tenant}", duplicate_policy=resources_pb2.DuplicatePolicy(near_duplicate_min_cosine=1.5)
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        admin.admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(tenant=bad, update_mask=mask), metadata=admin.metadata
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

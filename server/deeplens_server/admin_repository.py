@@ -5,7 +5,7 @@ As in ``repository.py``, every tenant-owned statement filters by the tenant id g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,9 @@ from deeplens_server.duplicate_store import remove_collection_images, remove_ima
 from deeplens_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 LIMIT_FIELDS = ("max_images", "max_image_bytes", "max_image_pixels", "requests_per_second", "max_concurrent_operations")
-_TENANT_COLUMNS = "id, display_name, create_time, update_time, delete_time, version, " + ", ".join(LIMIT_FIELDS)
+_TENANT_COLUMNS = "id, display_name, create_time, update_time, delete_time, version, duplicate_policy, " + ", ".join(
+    LIMIT_FIELDS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,8 @@ class TenantRecord:
     delete_time: datetime | None
     version: int
     limits: Limits
+    # Overrides of the duplicate thresholds (DuplicatePolicy field -> value); empty: the server's defaults.
+    duplicate_policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def etag(self) -> str:
@@ -91,6 +95,7 @@ def _tenant(row: Any) -> TenantRecord:
         delete_time=row["delete_time"],
         version=row["version"],
         limits=Limits(**{f: row[f] for f in LIMIT_FIELDS}),
+        duplicate_policy=dict(row["duplicate_policy"] or {}),
     )
 
 

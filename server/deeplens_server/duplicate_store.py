@@ -16,8 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from deeplens_server import duplicates
-from deeplens_server.duplicates import DUPLICATE_TIERS, Match, Member
+from deeplens_server.duplicates import DUPLICATE_TIERS, Match
 from deeplens_server.repository import ImageRecord, image_from_row, upsert_image
 
 KEEP_ALL = 1
@@ -114,17 +113,21 @@ async def links_of(conn: asyncpg.Connection, tenant_id: str, key: Key) -> list[L
     return [_link(r) for r in rows]
 
 
-async def links_among(conn: asyncpg.Connection, tenant_id: str, keys: Sequence[Key]) -> list[LinkRecord]:
-    """Links (duplicate tiers only) with both ends in ``keys``."""
-    rows = await conn.fetch(
-        _LINK_SELECT + "WHERE l.tenant_id = $1 AND l.tier = ANY($4::smallint[]) "
-        "AND (l.a_collection, l.a_image) IN (SELECT * FROM unnest($2::text[], $3::text[])) "
-        "AND (l.b_collection, l.b_image) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
-        tenant_id,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        list(DUPLICATE_TIERS),
-    )
+# Duplicate links with both ends in group $2 (and their decisions), for tiers $3.
+_GROUP_LINKS = (
+    "SELECT l.a_collection, l.a_image, l.b_collection, l.b_image, l.tier, l.rule, l.phash_distance, "
+    "l.dhash_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
+    "JOIN images a ON a.tenant_id = l.tenant_id AND a.collection_id = l.a_collection AND a.image_id = l.a_image "
+    "JOIN images b ON b.tenant_id = l.tenant_id AND b.collection_id = l.b_collection AND b.image_id = l.b_image "
+    "LEFT JOIN duplicate_decisions d ON d.tenant_id = l.tenant_id "
+    "AND d.sha_a = least(l.a_sha256, l.b_sha256) AND d.sha_b = greatest(l.a_sha256, l.b_sha256) "
+    "WHERE l.tenant_id = $1 AND a.group_id = $2 AND b.group_id = $2 AND l.tier = ANY($3::smallint[])"
+)
+
+
+async def group_links(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> list[LinkRecord]:
+    """The duplicate links inside a group."""
+    rows = await conn.fetch(_GROUP_LINKS, tenant_id, group_id, list(DUPLICATE_TIERS))
     return [_link(r) for r in rows]
 
 
@@ -229,29 +232,42 @@ async def _join(conn: asyncpg.Connection, tenant_id: str, key: Key) -> bool:
     return True
 
 
-async def _members(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> list[Member]:
+async def _members(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> list[Key]:
     rows = await conn.fetch(
-        "SELECT collection_id, image_id, width, height, size_bytes, create_time FROM images "
+        "SELECT collection_id, image_id FROM images WHERE tenant_id = $1 AND group_id = $2", tenant_id, group_id
+    )
+    return [(r["collection_id"], r["image_id"]) for r in rows]
+
+
+# The keeper rule of duplicates.keeper, in SQL: the largest resolution, then the largest file, then the oldest.
+_KEEPER_ORDER = "width::bigint * height DESC, size_bytes DESC, create_time, collection_id, image_id"
+
+
+async def refresh_group(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> None:
+    """Recomputes a group's keeper, sizes and review state from its members; a group of one dissolves.
+    Aggregates in SQL, so the cost stays small for large groups."""
+    stats = await conn.fetchrow(
+        "SELECT count(*) AS members, coalesce(sum(size_bytes), 0)::bigint AS total FROM images "
         "WHERE tenant_id = $1 AND group_id = $2",
         tenant_id,
         group_id,
     )
-    return [Member(**dict(r)) for r in rows]
-
-
-async def refresh_group(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> None:
-    """Recomputes a group's keeper, sizes and review state from its members; a group of one dissolves."""
-    members = await _members(conn, tenant_id, group_id)
-    if len(members) < 2:
+    if stats["members"] < 2:
         await conn.execute(
             "UPDATE images SET group_id = NULL WHERE tenant_id = $1 AND group_id = $2", tenant_id, group_id
         )
         await conn.execute("DELETE FROM duplicate_groups WHERE tenant_id = $1 AND id = $2", tenant_id, group_id)
         return
-    keep = duplicates.keeper(members)
-    total = sum(m.size_bytes for m in members)
-    links = await links_among(conn, tenant_id, [(m.collection_id, m.image_id) for m in members])
-    resolved = bool(links) and all(link.decision == KEEP_ALL for link in links if link.decision != NOT_DUPLICATES)
+    keep = await conn.fetchrow(
+        f"SELECT collection_id, image_id, size_bytes FROM images WHERE tenant_id = $1 AND group_id = $2 "
+        f"ORDER BY {_KEEPER_ORDER} LIMIT 1",
+        tenant_id,
+        group_id,
+    )
+    # Resolved: no duplicate link inside the group lacks a decision.
+    undecided = await conn.fetchval(
+        "SELECT EXISTS (" + _GROUP_LINKS + " AND d.decision IS NULL)", tenant_id, group_id, list(DUPLICATE_TIERS)
+    )
     await conn.execute(
         "INSERT INTO duplicate_groups (tenant_id, id, members, total_bytes, reclaimable_bytes, resolved, "
         "keeper_collection, keeper_image) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
@@ -259,14 +275,14 @@ async def refresh_group(conn: asyncpg.Connection, tenant_id: str, group_id: str)
         "reclaimable_bytes = EXCLUDED.reclaimable_bytes, resolved = EXCLUDED.resolved, "
         "keeper_collection = EXCLUDED.keeper_collection, keeper_image = EXCLUDED.keeper_image, "
         "version = duplicate_groups.version + 1, update_time = now()",
-        tenant_id, group_id, len(members), total, total - keep.size_bytes, resolved, keep.collection_id,
-        keep.image_id,
+        tenant_id, group_id, stats["members"], stats["total"], stats["total"] - keep["size_bytes"], not undecided,
+        keep["collection_id"], keep["image_id"],
     )  # fmt: skip
 
 
 async def regroup(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> None:
     """Splits a group into the connected components of its remaining links. The largest keeps the id."""
-    members = [(m.collection_id, m.image_id) for m in await _members(conn, tenant_id, group_id)]
+    members = await _members(conn, tenant_id, group_id)
     parent = {k: k for k in members}
 
     def find(k: Key) -> Key:
@@ -275,7 +291,7 @@ async def regroup(conn: asyncpg.Connection, tenant_id: str, group_id: str) -> No
             k = parent[k]
         return k
 
-    for link in await links_among(conn, tenant_id, members):
+    for link in await group_links(conn, tenant_id, group_id):
         if link.decision != NOT_DUPLICATES:
             parent[find(link.a)] = find(link.b)
     components: dict[Key, list[Key]] = {}

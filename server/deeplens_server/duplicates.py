@@ -8,7 +8,6 @@ The defaults come from the benchmark in docs/duplicates.md (bench/dedup_eval.py)
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 from deeplens_server.errors import InvalidArgument
@@ -55,6 +54,16 @@ class Fingerprint:
     sha256: str
     phash: str
     dhash: str
+    # (pHash, dHash) of its flips and rotations (imaging.DIHEDRAL); empty when unknown.
+    variants: tuple[tuple[str, str], ...] = ()
+
+    def distances(self, other: Fingerprint) -> tuple[int, int]:
+        """(pHash, dHash) Hamming distances to ``other``'s canonical hashes, in the best of this image's
+        orientations."""
+        return min(
+            ((hamming(p, other.phash), hamming(d, other.dhash)) for p, d in ((self.phash, self.dhash), *self.variants)),
+            key=lambda x: (x[0] + x[1], x),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +94,23 @@ def classify(
     policy: DuplicatePolicy, query: Fingerprint, other: Fingerprint, cosine: float
 ) -> tuple[int, str, int, int] | None:
     """(tier, rule, pHash distance, dHash distance), or None when the pair is not even similar."""
-    dp, dd = hamming(query.phash, other.phash), hamming(query.dhash, other.dhash)
-    if query.sha256 == other.sha256:
-        return EXACT, "sha256", dp, dd
-    if dp <= policy.max_phash_distance and dd <= policy.max_dhash_distance:
-        return NEAR_DUPLICATE, "hashes", dp, dd
+    dp, dd = query.distances(other)
+    found = tier_of(policy, exact=query.sha256 == other.sha256, phash_distance=dp, dhash_distance=dd, cosine=cosine)
+    return None if found is None else (found[0], found[1], dp, dd)
+
+
+def tier_of(
+    policy: DuplicatePolicy, *, exact: bool, phash_distance: int, dhash_distance: int, cosine: float
+) -> tuple[int, str] | None:
+    """The tier and the rule that fired for a pair with these scores."""
+    if exact:
+        return EXACT, "sha256"
+    if phash_distance <= policy.max_phash_distance and dhash_distance <= policy.max_dhash_distance:
+        return NEAR_DUPLICATE, "hashes"
     if cosine >= policy.near_duplicate_min_cosine:
-        return NEAR_DUPLICATE, "embedding", dp, dd
+        return NEAR_DUPLICATE, "embedding"
     if cosine >= policy.similar_min_cosine:
-        return SIMILAR, "embedding", dp, dd
+        return SIMILAR, "embedding"
     return None
 
 
@@ -110,27 +127,3 @@ def match(
 def ranked(matches: list[Match]) -> list[Match]:
     """Strongest tier first, then the closest embeddings."""
     return sorted(matches, key=lambda m: (m.tier, -m.cosine, m.phash_distance, m.key))
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    collection_id: str
-    image_id: str
-    width: int
-    height: int
-    size_bytes: int
-    create_time: datetime | None
-
-
-def keeper(members: list[Member]) -> Member:
-    """The member to keep: the largest resolution, then the largest file, then the oldest, then by name."""
-    return min(
-        members,
-        key=lambda m: (
-            -(m.width * m.height),
-            -m.size_bytes,
-            m.create_time.timestamp() if m.create_time else float("inf"),
-            m.collection_id,
-            m.image_id,
-        ),
-    )

@@ -155,11 +155,33 @@ def model_input(image: Image.Image) -> NDArray[np.uint8]:
 class PerceptualHashes:
     phash: str
     dhash: str
+    # (pHash, dHash) of the image flipped and rotated: the seven other elements of the dihedral group, in
+    # DIHEDRAL order. Matching compares a query's variants with the other image's canonical hashes, so a
+    # mirrored or rotated copy is as near as the original.
+    variants: tuple[tuple[str, str], ...] = ()
+
+
+DIHEDRAL = (
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+HASH_GRID = 64  # the grey square every hash is computed from: the same for the image and its variants
 
 
 def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
-    """64-bit pHash and dHash as 16 hex digits each."""
-    return PerceptualHashes(phash=str(imagehash.phash(image)), dhash=str(imagehash.dhash(image)))
+    """64-bit pHash and dHash as 16 hex digits each, of the image and of its flips and rotations."""
+    grey = image.convert("L").resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
+
+    def pair(img: Image.Image) -> tuple[str, str]:
+        return str(imagehash.phash(img)), str(imagehash.dhash(img))
+
+    phash, dhash = pair(grey)
+    return PerceptualHashes(phash, dhash, tuple(pair(grey.transpose(t)) for t in DIHEDRAL))
 
 
 COLOUR_LEVELS = 4  # per channel: a 4 x 4 x 4 = 64-bin RGB histogram

@@ -43,7 +43,7 @@ async def find_matches(
         key = (record.collection_id, record.image_id)
         if key == exclude or key in found or (collection_id and record.collection_id != collection_id):
             continue
-        m = match(policy, query, key, Fingerprint(record.sha256, record.phash, record.dhash), 1.0)
+        m = match(policy, query, key, record.fingerprint, 1.0)
         if m is not None:
             found[key] = m
     return ranked(list(found.values()))

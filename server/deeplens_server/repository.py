@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from deeplens_server.db import ScopedPool
-from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy
+from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy, Fingerprint
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.filters import ImageFilter, sql_conditions
 from deeplens_server.migrations import migrate
@@ -41,11 +41,18 @@ class ImageRecord:
     # The storage location it was scanned from ('' for uploads), and its duplicate group (None if none).
     location_id: str = ""
     group_id: str | None = None
+    # 'phash:dhash' of its flips and rotations (imaging.DIHEDRAL order).
+    hash_variants: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        variants = tuple(tuple(v.split(":", 1)) for v in self.hash_variants if ":" in v)
+        return Fingerprint(self.sha256, self.phash, self.dhash, variants)  # type: ignore[arg-type]
 
 
 _IMAGE_COLUMNS = (
     "tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, size_bytes, "
-    "phash, dhash, model, tags, create_time, exif, thumbnails, location_id, group_id"
+    "phash, dhash, model, tags, create_time, exif, thumbnails, location_id, group_id, hash_variants"
 )
 _FIELDS = frozenset(ImageRecord.__dataclass_fields__)
 
@@ -54,19 +61,21 @@ def image_from_row(row: Mapping[str, Any]) -> ImageRecord:
     fields = {k: v for k, v in dict(row).items() if k in _FIELDS}
     fields["tags"] = list(fields["tags"])
     fields["thumbnails"] = list(fields["thumbnails"])
+    fields["hash_variants"] = list(fields.get("hash_variants") or [])
     return ImageRecord(**fields)
 
 
 async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
     await conn.execute(
         "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
-        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id, hash_variants) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
         "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
         "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
         "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
         "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, exif = EXCLUDED.exif, "
-        "thumbnails = EXCLUDED.thumbnails, location_id = EXCLUDED.location_id, update_time = now()",
+        "thumbnails = EXCLUDED.thumbnails, location_id = EXCLUDED.location_id, "
+        "hash_variants = EXCLUDED.hash_variants, update_time = now()",
         image.tenant_id,
         image.collection_id,
         image.image_id,
@@ -83,6 +92,7 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
         image.exif,
         image.thumbnails,
         image.location_id,
+        image.hash_variants,
     )
 
 

@@ -164,6 +164,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         exif=analysis.decoded.exif,
         thumbnails=sorted(analysis.thumbnails),
         location_id=source.get("location", ""),
+        hash_variants=[f"{p}:{d}" for p, d in hashes.variants],
     )
     fields = {
         "sha256": sha256,
@@ -181,7 +182,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     matches = await find_matches(
         backend,
         tenant_id,
-        Fingerprint(sha256, hashes.phash, hashes.dhash),
+        Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.variants),
         embedding,
         policy=await backend.repo.duplicate_policy(tenant_id),
         exclude=(collection_id, image_id),

@@ -393,7 +393,12 @@ class Stack:
             "--max-workers",
             "64",
         ]
-        self.procs.start("milvus", args, env=self.child_env())
+        env = self.child_env()
+        # Milvus Lite evaluates filters on its in-memory table row by row in Python, and every DeepLens query is
+        # filtered (by tenant): a small table (flushed to indexed, column-filtered segments early) keeps
+        # searches fast. The default 128 MB holds ~20k 1280-d rows; 8 MB holds ~1.5k.
+        env.setdefault("MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES", str(8 * 1024 * 1024))
+        self.procs.start("milvus", args, env=env)
 
     def _ready_milvus(self, timeout: float) -> None:
         uri = urlsplit(self.config.endpoints["DEEPLENS_MILVUS_URI"])

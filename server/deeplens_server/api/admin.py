@@ -16,10 +16,12 @@ from deeplens_server.api.convert import (
     audit_to_proto,
     collection_to_proto,
     limits_from_proto,
+    policy_overrides,
     tenant_to_proto,
 )
 from deeplens_server.auth import Role, mint_key
 from deeplens_server.backend import Backend
+from deeplens_server.duplicates import DEFAULT_POLICY
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.names import (
     check_collection_id,
@@ -57,6 +59,10 @@ def _tenant_changes(request: admin_service_pb2.UpdateTenantRequest) -> dict[str,
             changes["display_name"] = _display_name(request.tenant.display_name, "tenant.display_name")
         elif path == "limits":
             changes.update({f: getattr(limits, f) for f in LIMIT_FIELDS})
+        elif path == "duplicate_policy":
+            overrides = {k: v for k, v in policy_overrides(request.tenant.duplicate_policy).items() if v}
+            DEFAULT_POLICY.override(overrides)  # checks the values
+            changes["duplicate_policy"] = overrides
         elif path.startswith("limits.") and path.removeprefix("limits.") in LIMIT_FIELDS:
             changes[path.removeprefix("limits.")] = getattr(limits, path.removeprefix("limits."))
         else:

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from deeplens_server import filters
 from deeplens_server.admin_repository import ApiKeyRecord, AuditRecord, CollectionRecord, Limits, TenantRecord
-from deeplens_server.duplicates import DuplicatePolicy
+from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.filters import ImageFilter
 from deeplens_server.operations import timestamp
@@ -46,6 +46,7 @@ def tenant_to_proto(record: TenantRecord) -> resources_pb2.Tenant:
         delete_time=timestamp(record.delete_time),
         limits=limits_to_proto(record.limits),
         etag=record.etag,
+        duplicate_policy=policy_to_proto(DEFAULT_POLICY.override(record.duplicate_policy)),
     )
 
 

@@ -31,7 +31,7 @@ async def group_to_proto(backend: Backend, group: GroupRecord, view: int) -> res
     tenant = group.tenant_id
     async with scoped(backend.repo.pool, tenant) as conn:
         members = await duplicate_store.group_members(conn, tenant, group.id)
-        links = await duplicate_store.links_among(conn, tenant, [(m.collection_id, m.image_id) for m in members])
+        links = await duplicate_store.group_links(conn, tenant, group.id)
     members.sort(key=lambda m: ((m.collection_id, m.image_id) != group.keeper, m.collection_id, m.image_id))
     return resources_pb2.DuplicateGroup(
         name=f"tenants/{tenant}/duplicateGroups/{group.id}",
@@ -93,12 +93,12 @@ class DuplicateRpcs:
             require_tenant(image.tenant)
             exclude = (image.collection, image.image)
             record = await backend.repo.get_image(tenant, *exclude)
-            fingerprint = Fingerprint(record.sha256, record.phash, record.dhash)
+            fingerprint = record.fingerprint
             embedding = await backend.vectors.get_embedding(tenant, *exclude)
         elif which == "image_content":
             decoded = await decode_query(backend, request.image_content)
             hashes = perceptual_hashes(decoded.working)
-            fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash)
+            fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash, hashes.variants)
             embedding = await embed_decoded(backend, decoded, timeout=context.time_remaining())
         else:
             raise InvalidArgument("give image_content or image_name", field="query", reason="MISSING_QUERY")

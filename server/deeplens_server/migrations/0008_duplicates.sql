@@ -2,7 +2,9 @@
 -- decisions keyed by content so they outlive names, re-scans and model changes.
 ALTER TABLE images
     ADD COLUMN location_id text NOT NULL DEFAULT '',
-    ADD COLUMN group_id text;
+    ADD COLUMN group_id text,
+    -- 'phash:dhash' of the image's flips and rotations, for orientation-blind matching.
+    ADD COLUMN hash_variants text[] NOT NULL DEFAULT '{}';
 -- Per-tenant overrides of the duplicate thresholds ({} = the server defaults).
 ALTER TABLE tenants ADD COLUMN duplicate_policy jsonb NOT NULL DEFAULT '{}';
 CREATE INDEX images_by_group ON images (tenant_id, group_id) WHERE group_id IS NOT NULL;

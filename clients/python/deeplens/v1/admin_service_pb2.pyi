@@ -170,7 +170,9 @@ class UpdateTenantRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: `display_name`, `limits` or `limits.<field>`. Empty means every updatable field."""
+        """Fields to change: `display_name`, `limits`, `limits.<field>` or `duplicate_policy`. Empty means
+        `display_name` and `limits`.
+        """
 
     def __init__(
         self,

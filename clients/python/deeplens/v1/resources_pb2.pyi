@@ -197,6 +197,7 @@ class Tenant(_message.Message):
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    DUPLICATE_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `tenants/{tenant}`."""
     display_name: _builtins.str
@@ -213,6 +214,13 @@ class Tenant(_message.Message):
 
     @_builtins.property
     def limits(self) -> Global___TenantLimits: ...
+    @_builtins.property
+    def duplicate_policy(self) -> Global___DuplicatePolicy:
+        """When images count as duplicates. Output: the effective policy (defaults filled in). Input (UpdateTenant
+        with `duplicate_policy` in the mask): the overrides; zero fields take the server's defaults. Applies to
+        images indexed from then on, and to FindDuplicates.
+        """
+
     def __init__(
         self,
         *,
@@ -223,10 +231,11 @@ class Tenant(_message.Message):
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         limits: Global___TenantLimits | None = ...,
         etag: _builtins.str = ...,
+        duplicate_policy: Global___DuplicatePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "limits", b"limits", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "duplicate_policy", b"duplicate_policy", "limits", b"limits", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "etag", b"etag", "limits", b"limits", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "duplicate_policy", b"duplicate_policy", "etag", b"etag", "limits", b"limits", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,7 +940,7 @@ class OperationMetadata(_message.Message):
     stage: _builtins.str
     """What the operation is doing ("queued", "decode", "embed", "index", "done", ...)."""
     duplicates: _builtins.int
-    """Items whose exact bytes (SHA-256) the tenant already held."""
+    """Items that turned out to be an exact or near duplicate of an image the tenant already held."""
     remaining: _builtins.int
     """total - processed."""
     percent: _builtins.float
