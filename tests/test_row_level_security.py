@@ -18,8 +18,10 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
 ) -> None:
     tenant_a, a = new_tenant(admin, connect)
     tenant_b, b = new_tenant(admin, connect)
-    a.wait_operation(a.ingest_image(f"tenants/{tenant_a}/collections/c", photos["coffee"]).name, timeout=120)
-    b.wait_operation(b.ingest_image(f"tenants/{tenant_b}/collections/c", photos["rocket"]).name, timeout=120)
+    for client, tenant, photo in ((a, tenant_a, photos["coffee"]), (b, tenant_b, photos["rocket"])):
+        for image_id in ("one", "two"):  # the same bytes twice: a duplicate link and a group in each tenant
+            op = client.ingest_image(f"tenants/{tenant}/collections/c", photo, image_id=image_id)
+            client.wait_operation(op.name, timeout=120)
 
     conn = await asyncpg.connect(stack.config.endpoints["DEEPLENS_POSTGRES_DSN"])  # the application's own role
     try:
@@ -27,13 +29,25 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
         assert role is not None
         assert (role["rolsuper"], role["rolbypassrls"]) == (False, False)
 
-        for table in ("images", "operations", "collections", "api_keys", "audit_events", "tenants"):
+        tables = (
+            "images",
+            "operations",
+            "collections",
+            "api_keys",
+            "audit_events",
+            "tenants",
+            "duplicate_links",
+            "duplicate_groups",
+        )
+        for table in tables:
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table  # no scope: nothing
 
         async with conn.transaction():
             await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant_a)
             owners = {r["tenant_id"] for r in await conn.fetch("SELECT tenant_id FROM images")}
             assert owners == {tenant_a}
+            for table in ("duplicate_links", "duplicate_groups"):
+                assert {r["tenant_id"] for r in await conn.fetch(f"SELECT tenant_id FROM {table}")} == {tenant_a}
             assert {r["id"] for r in await conn.fetch("SELECT id FROM tenants")} == {tenant_a}
             assert await conn.fetchval("SELECT count(*) FROM api_keys WHERE tenant_id IS NULL") == 0
             # Writing a row for another tenant is refused by the policy's WITH CHECK.
@@ -41,11 +55,11 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
                 async with conn.transaction():
                     await conn.execute("INSERT INTO collections (tenant_id, id) VALUES ($1, 'planted')", tenant_b)
             # Updating the other tenant's rows touches nothing.
-            assert await conn.execute("UPDATE images SET tags = '{hijacked}'") == "UPDATE 1"
+            assert await conn.execute("UPDATE images SET tags = '{hijacked}'") == "UPDATE 2"
 
         async with conn.transaction():
             await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant_b)
             tags = [r["tags"] for r in await conn.fetch("SELECT tags FROM images")]
-            assert tags == [[]]
+            assert tags == [[], []]
     finally:
         await conn.close()

@@ -8,10 +8,11 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import numpy as np
 import pytest
 from deeplens.client import DeepLensClient, error_info, ingest_response
-from deeplens.v1 import ingest_service_pb2
+from deeplens.v1 import ingest_service_pb2, search_service_pb2
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.fetch import check_url
 from deeplens_server.storage import StoragePolicy
@@ -77,6 +78,19 @@ def test_ingest_by_url(web: str, admin: DeepLensClient, connect: ClientFactory) 
     assert (image.width, image.height, image.format) == (160, 120, "JPEG")
     hits = client.search_images(f"tenants/{tenant}", image_content=PHOTO, top_k=1).results
     assert hits[0].image.name == image.name
+    # Search by URL: the server fetches the query image under the same rules.
+    by_url = client.search.SearchImages(
+        search_service_pb2.SearchImagesRequest(parent=f"tenants/{tenant}", image_uri=f"{web}/photo.jpg", top_k=1),
+        metadata=client.metadata,
+    ).results
+    assert by_url[0].image.name == image.name
+    assert by_url[0].score > 0.99
+    with pytest.raises(grpc.RpcError) as not_image:
+        client.search.SearchImages(
+            search_service_pb2.SearchImagesRequest(parent=f"tenants/{tenant}", image_uri=f"{web}/page.html"),
+            metadata=client.metadata,
+        )
+    assert error_info(not_image.value).reason == "URL_NOT_AN_IMAGE"  # type: ignore[union-attr]
 
     outcomes = {}
     for path in ("/loop", "/page.html", "/huge.jpg", "/missing.jpg"):

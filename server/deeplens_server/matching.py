@@ -13,6 +13,9 @@ from deeplens_server.filters import ImageFilter, milvus_expr
 
 DEFAULT_CANDIDATES = 50
 MAX_CANDIDATES = 500
+# At ingest: the nearest 20 are plenty — groups are transitive, so a copy beyond them still joins through one
+# within — and each candidate costs the vector store a row to read back.
+INGEST_CANDIDATES = 20
 
 
 async def find_matches(

@@ -31,7 +31,7 @@ from deeplens_server.imaging import (
     perceptual_hashes,
     thumbnails,
 )
-from deeplens_server.matching import find_matches
+from deeplens_server.matching import INGEST_CANDIDATES, find_matches
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
 from deeplens_server.status import to_rpc_status
@@ -186,5 +186,6 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         embedding,
         policy=await backend.repo.duplicate_policy(tenant_id),
         exclude=(collection_id, image_id),
+        candidates=INGEST_CANDIDATES,
     )
     return await _finish(backend, record, item, operations.ITEM_SUCCEEDED, image=image, matches=matches)
