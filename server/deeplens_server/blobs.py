@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
+import uuid
 from pathlib import Path
 
 from deeplens_server.errors import NotFound
@@ -34,7 +34,7 @@ class BlobStore:
             if path.exists() and path.stat().st_size == len(data):
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
 
@@ -83,7 +83,7 @@ class BlobStore:
             for size, data in made.items():
                 path = self._thumbnail(tenant_id, sha256, size)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
                 tmp.write_bytes(data)
                 tmp.replace(path)
 

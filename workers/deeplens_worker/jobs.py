@@ -41,7 +41,7 @@ async def _run(ctx: dict[str, Any], step: Callable[[Backend], Awaitable[object]]
         otel_context.detach(token)
 
 
-def _retry_or_none(ctx: dict[str, Any], exc: Unavailable, what: str) -> Retry | None:
+def _retry_or_none(ctx: dict[str, Any], exc: DeepLensError, what: str) -> Retry | None:
     settings: Settings = ctx["settings"]
     job_try = int(ctx.get("job_try", 1))
     if job_try >= settings.job_max_tries:
@@ -57,11 +57,15 @@ async def ingest_item(
     try:
         return await _run(ctx, lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item), trace_carrier)
     except Unavailable as exc:
-        retry = _retry_or_none(ctx, exc, f"{tenant_id}/{operation_id}#{item}")
-        if retry is not None:
-            raise retry from exc
-        await pipeline.fail_item(ctx["backend"], tenant_id, operation_id, item, exc)
-        return "dead letter"
+        failure: DeepLensError = exc
+    except Exception:  # a defect or an unexpected OS error: retried, then a dead letter — never a hung item
+        _log.exception("%s/%s#%d failed unexpectedly", tenant_id, operation_id, item)
+        failure = DeepLensError("the item failed unexpectedly; retry it later")
+    retry = _retry_or_none(ctx, failure, f"{tenant_id}/{operation_id}#{item}")
+    if retry is not None:
+        raise retry
+    await pipeline.fail_item(ctx["backend"], tenant_id, operation_id, item, failure)
+    return "dead letter"
 
 
 async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
