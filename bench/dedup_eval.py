@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deeplens.client import DeepLensClient
 from deeplens.v1 import resources_pb2, search_service_pb2
@@ -123,6 +124,7 @@ class Candidate:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port-base", type=int, default=52000)
+    parser.add_argument("--reuse", action="store_true", help="analyse the last run's collected scores again")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -137,31 +139,28 @@ def main() -> None:
         f"in {time.perf_counter() - t0:.1f} s; split A {len(files_a)}, split B {len(files_b)}"
     )
 
-    t0 = time.perf_counter()
-    imagededup = run_imagededup(folder)
-    print(f"imagededup: {time.perf_counter() - t0:.1f} s")
+    collected = CACHE / "collected.json"
+    if not args.reuse:
+        t0 = time.perf_counter()
+        imagededup = run_imagededup(folder)
+        print(f"imagededup: {time.perf_counter() - t0:.1f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            stack = Stack(
+                StackConfig(data_dir=Path(tmp), port_base=args.port_base, durable=False, environ=dict(os.environ))
+            )
+            try:
+                stack.up(timeout=300)
+                run = collect(stack, folder, files)
+            finally:
+                stack.destroy()
+        run["imagededup"] = imagededup
+        collected.write_text(json.dumps(run))
+    print(analyse(json.loads(collected.read_text()), files, files_a, files_b, truth))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(
-            StackConfig(data_dir=Path(tmp), port_base=args.port_base, durable=False, environ=dict(os.environ))
-        )
-        try:
-            stack.up(timeout=300)
-            report = evaluate(stack, folder, files, files_a, files_b, truth, imagededup)
-        finally:
-            stack.destroy()
-    print(report)
 
-
-def evaluate(
-    stack: Stack,
-    folder: Path,
-    files: list[str],
-    files_a: list[str],
-    files_b: list[str],
-    truth: dict[str, str],
-    imagededup: dict[str, dict[str, object]],
-) -> str:
+def collect(stack: Stack, folder: Path, files: list[str]) -> dict[str, Any]:
+    """Everything the analysis needs, through DeepLens's gRPC API: ingest timing, every candidate pair's scores
+    (FindDuplicates with a loose policy), the links ingest stored (GetImage) and the groups (ListDuplicateGroups)."""
     admin = DeepLensClient(stack.config.grpc_target, api_key=stack.admin_key(), timeout=120)
     tenant = f"bench{int(time.time())}"
     admin.create_tenant(tenant, "duplicate benchmark")
@@ -193,7 +192,7 @@ def evaluate(
         name = f"{parent}/images/{ids[f]}"
         found = client.search.FindDuplicates(
             search_service_pb2.FindDuplicatesRequest(
-                parent=parent, image_name=name, policy=loose, include_similar=True, max_candidates=60
+                parent=parent, image_name=name, policy=loose, include_similar=True, max_candidates=40
             ),
             metadata=client.metadata,
         )
@@ -210,11 +209,41 @@ def evaluate(
                 stored.add(p)
                 stored_tiers[p] = (d.tier, d.rule)
     query_s = time.perf_counter() - t0
-    dump = [
-        [c.a, c.b, c.fa.sha256, c.fa.phash, c.fa.dhash, c.fb.sha256, c.fb.phash, c.fb.dhash, c.cosine]
-        for c in candidates.values()
-    ]
-    (CACHE / "candidates.json").write_text(json.dumps({"truth": truth, "candidates": dump}))
+    # Groups as the server keeps them (transitive): every two members of one group.
+    grouped: set[Pair] = set()
+    groups = []
+    token = ""
+    while True:
+        page = client.search.ListDuplicateGroups(
+            search_service_pb2.ListDuplicateGroupsRequest(parent=parent, page_size=500, page_token=token),
+            metadata=client.metadata,
+        )
+        groups += list(page.duplicate_groups)
+        token = page.next_page_token
+        if not token:
+            break
+    for g in groups:
+        members = [name_of[m.name] for m in g.members]
+        grouped |= {_pair(a, b) for a, b in itertools.combinations(members, 2)}
+
+    return {
+        "ingest_s": ingest_s,
+        "query_s": query_s,
+        "candidates": [[*p, c.exact, c.phash_distance, c.dhash_distance, c.cosine] for p, c in candidates.items()],
+        "stored": [[*p, tier, rule] for p, (tier, rule) in stored_tiers.items()],
+        "grouped": sorted(grouped),
+    }
+
+
+def analyse(
+    run: dict[str, Any], files: list[str], files_a: list[str], files_b: list[str], truth: dict[str, str]
+) -> str:
+    ingest_s, query_s = run["ingest_s"], run["query_s"]
+    imagededup: dict[str, dict[str, Any]] = run["imagededup"]
+    candidates = {(a, b): Candidate(bool(ex), dp, dd, cos) for a, b, ex, dp, dd, cos in run["candidates"]}
+    stored_tiers = {(a, b): (tier, rule) for a, b, tier, rule in run["stored"]}
+    stored = set(stored_tiers)
+    grouped = {(a, b) for a, b in run["grouped"]}
 
     def predict(policy: DuplicatePolicy) -> dict[Pair, tuple[int, str]]:
         out = {}
@@ -242,23 +271,6 @@ def evaluate(
     assert best is not None
     chosen = best[1]
     chosen_pairs = predict(chosen)
-
-    # Groups as the server keeps them (transitive): every two members of one group.
-    grouped: set[Pair] = set()
-    groups = []
-    token = ""
-    while True:
-        page = client.search.ListDuplicateGroups(
-            search_service_pb2.ListDuplicateGroupsRequest(parent=parent, page_size=500, page_token=token),
-            metadata=client.metadata,
-        )
-        groups += list(page.duplicate_groups)
-        token = page.next_page_token
-        if not token:
-            break
-    for g in groups:
-        members = [name_of[m.name] for m in g.members]
-        grouped |= {_pair(a, b) for a, b in itertools.combinations(members, 2)}
 
     lines = [
         f"{len(files)} images ({len(set(truth.values()))} originals); ingest through gRPC {ingest_s:.1f} s "
