@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from deeplens.client import DeepLensClient
 from deeplens.v1 import resources_pb2, search_service_pb2
 from deeplens_server.duplicates import DuplicatePolicy, tier_of
 from deeplens_stack import Stack, StackConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dedup_data import TRANSFORMS, build
+from dedup_data import AMBIGUOUS, TRANSFORMS, build
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "dedup-bench"
@@ -72,6 +73,10 @@ def is_original(name: str) -> bool:
     return "--" not in name
 
 
+def ambiguous(origin_a: str, origin_b: str) -> bool:
+    return (origin_a, origin_b) in AMBIGUOUS or (origin_b, origin_a) in AMBIGUOUS
+
+
 def score(predicted: set[Pair], truth: dict[str, str], files: list[str], mode: str) -> Scores:
     """mode "original-copy": positives are (original, its copy); copy-copy pairs of one original are ignored.
     mode "all": every two images of one original are a positive."""
@@ -86,7 +91,7 @@ def score(predicted: set[Pair], truth: dict[str, str], files: list[str], mode: s
                 positives.add(_pair(a, b))
     tp = fp = 0
     for a, b in predicted:
-        if a not in chosen or b not in chosen:
+        if a not in chosen or b not in chosen or ambiguous(truth[a], truth[b]):
             continue
         if truth[a] != truth[b]:
             fp += 1
@@ -118,6 +123,7 @@ class Candidate:
     exact: bool
     phash_distance: int
     dhash_distance: int
+    detail_distance: int
     cosine: float
 
 
@@ -200,7 +206,7 @@ def collect(stack: Stack, folder: Path, files: list[str]) -> dict[str, Any]:
             sc = m.scores
             exact = m.tier == resources_pb2.MATCH_TIER_EXACT
             candidates[_pair(f, name_of[m.image.name])] = Candidate(
-                exact, sc.phash_distance, sc.dhash_distance, sc.cosine
+                exact, sc.phash_distance, sc.dhash_distance, sc.detail_distance, sc.cosine
             )
         got = client.search.GetImage(search_service_pb2.GetImageRequest(name=name), metadata=client.metadata)
         for d in got.duplicates:
@@ -229,10 +235,55 @@ def collect(stack: Stack, folder: Path, files: list[str]) -> dict[str, Any]:
     return {
         "ingest_s": ingest_s,
         "query_s": query_s,
-        "candidates": [[*p, c.exact, c.phash_distance, c.dhash_distance, c.cosine] for p, c in candidates.items()],
+        "candidates": [
+            [*p, c.exact, c.phash_distance, c.dhash_distance, c.detail_distance, c.cosine]
+            for p, c in candidates.items()
+        ],
         "stored": [[*p, tier, rule] for p, (tier, rule) in stored_tiers.items()],
         "grouped": sorted(grouped),
     }
+
+
+MIN_PRECISION = 0.995
+
+
+def choose(candidates: dict[Pair, Candidate], truth: dict[str, str], files: list[str]) -> DuplicatePolicy:
+    """The policy with the best original-copy F1 on ``files`` whose precision is at least MIN_PRECISION
+    (a grid search, vectorised: each policy is a few array comparisons over all candidate pairs)."""
+    chosen_files = set(files)
+    pairs = [p for p in candidates if p[0] in chosen_files and p[1] in chosen_files]
+    origin = [(truth[a], truth[b]) for a, b in pairs]
+    keep = np.array([not ambiguous(*o) for o in origin])
+    wrong = np.array([oa != ob for oa, ob in origin]) & keep
+    right = np.array(
+        [oa == ob and is_original(a) != is_original(b) for (a, b), (oa, ob) in zip(pairs, origin, strict=True)]
+    )
+    positives = score(set(), truth, files, "original-copy").fn
+    c = [candidates[p] for p in pairs]
+    ex = np.array([x.exact for x in c])
+    dp, dd, dx = (np.array([getattr(x, f) for x in c]) for f in ("phash_distance", "dhash_distance", "detail_distance"))
+    cos = np.array([x.cosine for x in c])
+    best: tuple[float, DuplicatePolicy] | None = None
+    grid = itertools.product(
+        (4, 6, 8, 10, 12), (4, 6, 8, 10, 12, 14), (60, 80, 100, 120, 140, 160, 200, 512),
+        (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.01), (0, 4, 6, 8, 10, 12, 16),
+    )  # fmt: skip
+    for hp, hd, hx, tc, m in grid:
+        near = ex | ((dp <= hp) & (dd <= hd) & (dx <= hx)) | ((cos >= tc) & (np.minimum(dp, dd) <= m) & (dx <= hx))
+        tp, fp = int((near & right).sum()), int((near & wrong).sum())
+        if tp == 0 or tp / (tp + fp) < MIN_PRECISION:
+            continue
+        f1 = 2 * tp / (2 * tp + fp + (positives - tp))
+        if best is None or f1 > best[0]:
+            policy = DuplicatePolicy(
+                max_phash_distance=hp, max_dhash_distance=hd, max_detail_distance=hx,
+                near_duplicate_min_cosine=min(tc, 1.0), embedding_max_hash_distance=m,
+                similar_min_cosine=min(0.75, tc),
+            )  # fmt: skip
+            best = (f1, policy)
+    if best is None:
+        raise SystemExit(f"no policy in the grid reaches precision {MIN_PRECISION} on split A")
+    return best[1]
 
 
 def analyse(
@@ -240,7 +291,7 @@ def analyse(
 ) -> str:
     ingest_s, query_s = run["ingest_s"], run["query_s"]
     imagededup: dict[str, dict[str, Any]] = run["imagededup"]
-    candidates = {(a, b): Candidate(bool(ex), dp, dd, cos) for a, b, ex, dp, dd, cos in run["candidates"]}
+    candidates = {(a, b): Candidate(bool(ex), *rest) for a, b, ex, *rest in run["candidates"]}
     stored_tiers = {(a, b): (tier, rule) for a, b, tier, rule in run["stored"]}
     stored = set(stored_tiers)
     grouped = {(a, b) for a, b in run["grouped"]}
@@ -250,34 +301,20 @@ def analyse(
         for p, c in candidates.items():
             found = tier_of(
                 policy, exact=c.exact, phash_distance=c.phash_distance, dhash_distance=c.dhash_distance,
-                cosine=c.cosine,
+                detail_distance=c.detail_distance, cosine=c.cosine,
             )  # fmt: skip
             if found is not None and found[0] in (1, 2):
                 out[p] = (found[0], found[1])
         return out
 
-    # Choose on split A: the best F1 (original-copy) with precision >= 0.995.
-    best: tuple[float, DuplicatePolicy] | None = None
-    for hp, hd, cos in itertools.product((0, 4, 6, 8, 10, 12), (0, 6, 8, 10, 12, 14), [x / 100 for x in range(80, 99)]):
-        policy = DuplicatePolicy(
-            max_phash_distance=hp,
-            max_dhash_distance=hd,
-            near_duplicate_min_cosine=cos,
-            similar_min_cosine=min(0.75, cos),
-        )
-        s = score(set(predict(policy)), truth, files_a, "original-copy")
-        if s.precision >= 0.995 and (best is None or s.f1 > best[0]):
-            best = (s.f1, policy)
-    assert best is not None
-    chosen = best[1]
+    chosen = choose(candidates, truth, files_a)
     chosen_pairs = predict(chosen)
 
     lines = [
         f"{len(files)} images ({len(set(truth.values()))} originals); ingest through gRPC {ingest_s:.1f} s "
         f"({len(files) / ingest_s:.1f} img/s); {len(files)} FindDuplicates + GetImage calls {query_s:.1f} s.",
         "",
-        f"Thresholds chosen on split A: pHash <= {chosen.max_phash_distance} and dHash <= "
-        f"{chosen.max_dhash_distance}, or cosine >= {chosen.near_duplicate_min_cosine:.2f}.",
+        f"Thresholds chosen on split A (best F1 with precision >= {MIN_PRECISION}): {chosen}.",
         f"Server defaults (measured as stored at ingest): {DuplicatePolicy()}.",
         "",
     ]

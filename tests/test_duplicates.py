@@ -34,6 +34,7 @@ def _variants(data: bytes) -> dict[str, bytes]:
     return {
         "small": _jpeg(rgb.resize((w // 2, h // 2)), quality=60),
         "mirrored": _jpeg(ImageOps.mirror(rgb)),
+        "rotated": _jpeg(rgb.rotate(90, expand=True)),
         "cropped": _jpeg(rgb.crop((w // 10, h // 10, w - w // 10, h - h // 10))),
     }
 
@@ -68,7 +69,7 @@ def _resolve(
 
 @pytest.fixture(scope="module")
 def library(admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]) -> tuple[DeepLensClient, str]:
-    """coffee + an exact copy + three transformed copies; rocket + one; and four unrelated photos."""
+    """coffee + an exact copy + four transformed copies (one a crop); rocket + one; four unrelated photos."""
     tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/lib"
     images = {"coffee": photos["coffee"], "coffee-copy": photos["coffee"], "rocket": photos["rocket"]}
@@ -92,21 +93,37 @@ def test_tiers_are_explained(library: tuple[DeepLensClient, str], photos: dict[s
     assert by_name["coffee"].rule == "sha256"
     assert by_name["coffee"].scores.phash_distance == 0
     assert by_name["coffee"].scores.cosine > 0.99
-    for variant in ("coffee-small", "coffee-mirrored", "coffee-cropped"):
+    for variant in ("coffee-small", "coffee-mirrored", "coffee-rotated"):
         assert by_name[variant].tier == TIER.MATCH_TIER_NEAR_DUPLICATE, variant
-        assert by_name[variant].rule in ("hashes", "embedding")
+        assert by_name[variant].rule == "hashes"  # flips and rotations included: hashes compare all eight
+        assert by_name[variant].scores.phash_distance <= found.policy.max_phash_distance
+    # A 10 % crop defeats the hashes; the embedding says it looks alike, which is SIMILAR, not a duplicate.
+    assert "coffee-cropped" not in by_name
+    similar = client.search.FindDuplicates(
+        search_service_pb2.FindDuplicatesRequest(parent=parent, image_content=photos["coffee"], include_similar=True),
+        metadata=client.metadata,
+    )
+    cropped = next(m for m in similar.matches if m.image.name.endswith("/coffee-cropped"))
+    assert cropped.tier == TIER.MATCH_TIER_SIMILAR
+    assert cropped.rule == "embedding"
+    assert cropped.scores.cosine >= similar.policy.similar_min_cosine
+    assert cropped.scores.detail_distance > similar.policy.max_detail_distance
     assert not {"rocket", "astronaut", "chelsea", "camera", "moon"} & set(by_name)
     assert [m.tier for m in found.matches] == sorted(m.tier for m in found.matches)  # strongest first
     assert found.policy.near_duplicate_min_cosine > found.policy.similar_min_cosine > 0
 
-    # A strict policy for this request only: the transformed copies that only the embedding caught drop to
+    # A strict policy for this request only (detail hashes must agree to a bit): the resized copy drops to
     # SIMILAR, exact copies stay EXACT.
     strict = client.search.FindDuplicates(
         search_service_pb2.FindDuplicatesRequest(
             parent=parent,
             image_name=f"{parent}/collections/lib/images/coffee",
             policy=resources_pb2.DuplicatePolicy(
-                max_phash_distance=1, max_dhash_distance=1, near_duplicate_min_cosine=0.999, similar_min_cosine=0.5
+                max_phash_distance=1,
+                max_dhash_distance=1,
+                max_detail_distance=1,
+                near_duplicate_min_cosine=0.999,
+                similar_min_cosine=0.5,
             ),
             include_similar=True,
         ),
@@ -115,7 +132,7 @@ def test_tiers_are_explained(library: tuple[DeepLensClient, str], photos: dict[s
     tiers = {m.image.name.rsplit("/", 1)[1]: m.tier for m in strict.matches}
     assert "coffee" not in tiers  # the query image itself
     assert tiers["coffee-copy"] == TIER.MATCH_TIER_EXACT
-    assert tiers["coffee-mirrored"] == TIER.MATCH_TIER_SIMILAR
+    assert tiers["coffee-small"] == TIER.MATCH_TIER_SIMILAR
 
     # What ingest recorded, as links on the image.
     got = client.search.GetImage(
@@ -123,7 +140,7 @@ def test_tiers_are_explained(library: tuple[DeepLensClient, str], photos: dict[s
         metadata=client.metadata,
     )
     linked = {d.image.name.rsplit("/", 1)[1]: d for d in got.duplicates}
-    assert {"coffee", "coffee-copy", "coffee-mirrored", "coffee-cropped"} <= set(linked)
+    assert {"coffee", "coffee-copy", "coffee-mirrored", "coffee-rotated", "coffee-cropped"} <= set(linked)
     assert linked["coffee"].tier == TIER.MATCH_TIER_NEAR_DUPLICATE
     assert got.image.sha256
     assert got.image.phash
@@ -138,7 +155,7 @@ def test_groups_keeper_paging_and_storage_report(library: tuple[DeepLensClient, 
     groups = {len(g.members): g for g in listed.duplicate_groups}
     coffee, rocket = groups[5], groups[2]
     names = {m.name.rsplit("/", 1)[1] for m in coffee.members}
-    assert names == {"coffee", "coffee-copy", "coffee-small", "coffee-mirrored", "coffee-cropped"}
+    assert names == {"coffee", "coffee-copy", "coffee-small", "coffee-mirrored", "coffee-rotated"}
     # Keeper: the largest resolution, then the largest file, then the oldest, then by name.
     # coffee and coffee-copy tie on everything but age (they were indexed concurrently): either may keep.
     assert coffee.keeper.rsplit("/", 1)[1] in ("coffee", "coffee-copy")
@@ -161,7 +178,7 @@ def test_groups_keeper_paging_and_storage_report(library: tuple[DeepLensClient, 
     report = client.search.GetStorageReport(
         search_service_pb2.GetStorageReportRequest(parent=parent), metadata=client.metadata
     )
-    assert report.total.images == 11
+    assert report.total.images == 12
     assert report.total.duplicate_images == 7
     assert report.total.reclaimable_bytes == coffee.reclaimable_bytes + rocket.reclaimable_bytes
     assert [u.key for u in report.by_collection] == [f"{parent}/collections/lib"]
@@ -176,7 +193,7 @@ def test_decisions_are_durable_and_delete_others_leaves_nothing(
     parent = f"tenants/{tenant}/collections/c"
     variants = _variants(photos["chelsea"])
     _ingest(client, parent, {"cat": photos["chelsea"], "cat-small": variants["small"], "cat-copy": photos["chelsea"]})
-    _ingest(client, parent, {"cup": photos["coffee"], "cup-crop": _variants(photos["coffee"])["cropped"]})
+    _ingest(client, parent, {"cup": photos["coffee"], "cup-crop": _variants(photos["coffee"])["mirrored"]})
 
     # Not duplicates: the group dissolves, and stays dissolved when the same bytes come back under new names.
     cups = _group_of(client, f"{parent}/images/cup")
@@ -188,7 +205,7 @@ def test_decisions_are_durable_and_delete_others_leaves_nothing(
     assert not done.dry_run
     assert not done.HasField("duplicate_group")
     assert _group_of(client, f"{parent}/images/cup") is None
-    _ingest(client, f"tenants/{tenant}/collections/again", {"cup-crop-again": _variants(photos["coffee"])["cropped"]})
+    _ingest(client, f"tenants/{tenant}/collections/again", {"cup-crop-again": _variants(photos["coffee"])["mirrored"]})
     again = _group_of(client, f"tenants/{tenant}/collections/again/images/cup-crop-again")
     assert again is not None  # an exact copy of cup-crop (no decision on that pair) ...
     assert {m.name.rsplit("/", 1)[1] for m in again.members} == {"cup-crop", "cup-crop-again"}  # ... but not cup

@@ -33,6 +33,7 @@ class LinkRecord:
     rule: str
     phash_distance: int
     dhash_distance: int
+    detail_distance: int
     cosine: float
     decision: int
 
@@ -82,7 +83,7 @@ async def lock_tenant(conn: asyncpg.Connection, tenant_id: str) -> None:
 
 _LINK_SELECT = (
     "SELECT l.a_collection, l.a_image, l.b_collection, l.b_image, l.tier, l.rule, l.phash_distance, "
-    "l.dhash_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
+    "l.dhash_distance, l.detail_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
     "LEFT JOIN duplicate_decisions d ON d.tenant_id = l.tenant_id "
     "AND d.sha_a = least(l.a_sha256, l.b_sha256) AND d.sha_b = greatest(l.a_sha256, l.b_sha256) "
 )
@@ -96,6 +97,7 @@ def _link(row: asyncpg.Record) -> LinkRecord:
         rule=row["rule"],
         phash_distance=row["phash_distance"],
         dhash_distance=row["dhash_distance"],
+        detail_distance=row["detail_distance"],
         cosine=row["cosine"],
         decision=row["decision"],
     )
@@ -116,7 +118,7 @@ async def links_of(conn: asyncpg.Connection, tenant_id: str, key: Key) -> list[L
 # Duplicate links with both ends in group $2 (and their decisions), for tiers $3.
 _GROUP_LINKS = (
     "SELECT l.a_collection, l.a_image, l.b_collection, l.b_image, l.tier, l.rule, l.phash_distance, "
-    "l.dhash_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
+    "l.dhash_distance, l.detail_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
     "JOIN images a ON a.tenant_id = l.tenant_id AND a.collection_id = l.a_collection AND a.image_id = l.a_image "
     "JOIN images b ON b.tenant_id = l.tenant_id AND b.collection_id = l.b_collection AND b.image_id = l.b_image "
     "LEFT JOIN duplicate_decisions d ON d.tenant_id = l.tenant_id "
@@ -152,14 +154,15 @@ async def store_image(conn: asyncpg.Connection, image: ImageRecord, matches: Seq
         a_sha, b_sha = (image.sha256, m.sha256) if a == key else (m.sha256, image.sha256)
         await conn.execute(
             "INSERT INTO duplicate_links (tenant_id, a_collection, a_image, b_collection, b_image, a_sha256, "
-            "b_sha256, tier, rule, phash_distance, dhash_distance, cosine) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            "b_sha256, tier, rule, phash_distance, dhash_distance, detail_distance, cosine) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
             "ON CONFLICT (tenant_id, a_collection, a_image, b_collection, b_image) DO UPDATE SET "
             "a_sha256 = EXCLUDED.a_sha256, b_sha256 = EXCLUDED.b_sha256, tier = EXCLUDED.tier, "
             "rule = EXCLUDED.rule, phash_distance = EXCLUDED.phash_distance, "
-            "dhash_distance = EXCLUDED.dhash_distance, cosine = EXCLUDED.cosine",
+            "dhash_distance = EXCLUDED.dhash_distance, detail_distance = EXCLUDED.detail_distance, "
+            "cosine = EXCLUDED.cosine",
             tenant, a[0], a[1], b[0], b[1], a_sha, b_sha, m.tier, m.rule, m.phash_distance,
-            m.dhash_distance, m.cosine,
+            m.dhash_distance, m.detail_distance, m.cosine,
         )  # fmt: skip
     return await _join(conn, tenant, key)
 

@@ -22,15 +22,22 @@ DUPLICATE_TIERS = (EXACT, NEAR_DUPLICATE)
 class DuplicatePolicy:
     max_phash_distance: int = 8
     max_dhash_distance: int = 10
-    near_duplicate_min_cosine: float = 0.90
+    max_detail_distance: int = 100
+    near_duplicate_min_cosine: float = 0.95
+    embedding_max_hash_distance: int = 12
     similar_min_cosine: float = 0.75
 
     def override(self, values: dict[str, Any]) -> DuplicatePolicy:
         """This policy with the non-zero ``values`` applied, checked."""
         changes = {k: v for k, v in values.items() if v}
-        for name in ("max_phash_distance", "max_dhash_distance"):
-            if name in changes and not 0 <= int(changes[name]) <= 32:
-                raise InvalidArgument(f"{name} must be in [0, 32]", field=f"policy.{name}", reason="INVALID_POLICY")
+        for name, top in (
+            ("max_phash_distance", 64),
+            ("max_dhash_distance", 64),
+            ("embedding_max_hash_distance", 64),
+            ("max_detail_distance", 512),
+        ):
+            if name in changes and not 0 <= int(changes[name]) <= top:
+                raise InvalidArgument(f"{name} must be in [0, {top}]", field=f"policy.{name}", reason="INVALID_POLICY")
         for name in ("near_duplicate_min_cosine", "similar_min_cosine"):
             if name in changes and not 0.0 < float(changes[name]) <= 1.0:
                 raise InvalidArgument(f"{name} must be in (0, 1]", field=f"policy.{name}", reason="INVALID_POLICY")
@@ -54,15 +61,19 @@ class Fingerprint:
     sha256: str
     phash: str
     dhash: str
-    # (pHash, dHash) of its flips and rotations (imaging.DIHEDRAL); empty when unknown.
-    variants: tuple[tuple[str, str], ...] = ()
+    detail: str = ""
+    # (pHash, dHash, detail) of its flips and rotations (imaging.DIHEDRAL); empty when unknown.
+    variants: tuple[tuple[str, str, str], ...] = ()
 
-    def distances(self, other: Fingerprint) -> tuple[int, int]:
-        """(pHash, dHash) Hamming distances to ``other``'s canonical hashes, in the best of this image's
-        orientations."""
+    def distances(self, other: Fingerprint) -> tuple[int, int, int]:
+        """(pHash, dHash, detail) Hamming distances to ``other``'s canonical hashes, in the best of this image's
+        orientations (by pHash + dHash)."""
         return min(
-            ((hamming(p, other.phash), hamming(d, other.dhash)) for p, d in ((self.phash, self.dhash), *self.variants)),
-            key=lambda x: (x[0] + x[1], x),
+            (
+                (hamming(p, other.phash), hamming(d, other.dhash), hamming(x, other.detail, bits=512))
+                for p, d, x in ((self.phash, self.dhash, self.detail), *self.variants)
+            ),
+            key=lambda t: (t[0] + t[1], t),
         )
 
 
@@ -75,6 +86,7 @@ class Match:
     rule: str
     phash_distance: int
     dhash_distance: int
+    detail_distance: int
     cosine: float
 
     @property
@@ -82,32 +94,59 @@ class Match:
         return (self.collection_id, self.image_id)
 
 
-def hamming(a: str, b: str) -> int:
-    """Bits that differ between two hex-encoded hashes (64 when either is missing)."""
+def hamming(a: str, b: str, *, bits: int = 64) -> int:
+    """Bits that differ between two hex-encoded hashes (``bits``, all of them, when either is missing)."""
+    if not a or not b or len(a) != len(b):
+        return bits
     try:
         return (int(a, 16) ^ int(b, 16)).bit_count()
     except ValueError:
-        return 64
+        return bits
 
 
-def classify(
-    policy: DuplicatePolicy, query: Fingerprint, other: Fingerprint, cosine: float
-) -> tuple[int, str, int, int] | None:
-    """(tier, rule, pHash distance, dHash distance), or None when the pair is not even similar."""
-    dp, dd = query.distances(other)
-    found = tier_of(policy, exact=query.sha256 == other.sha256, phash_distance=dp, dhash_distance=dd, cosine=cosine)
-    return None if found is None else (found[0], found[1], dp, dd)
+def classify(policy: DuplicatePolicy, query: Fingerprint, other: Fingerprint, cosine: float) -> Match | None:
+    """The pair's tier and evidence, or None when it is not even similar. ``Match`` names no image yet."""
+    dp, dd, dx = query.distances(other)
+    found = tier_of(
+        policy,
+        exact=query.sha256 == other.sha256,
+        phash_distance=dp,
+        dhash_distance=dd,
+        detail_distance=dx,
+        cosine=cosine,
+    )
+    return None if found is None else Match("", "", other.sha256, found[0], found[1], dp, dd, dx, cosine)
 
 
 def tier_of(
-    policy: DuplicatePolicy, *, exact: bool, phash_distance: int, dhash_distance: int, cosine: float
+    policy: DuplicatePolicy,
+    *,
+    exact: bool,
+    phash_distance: int,
+    dhash_distance: int,
+    detail_distance: int,
+    cosine: float,
 ) -> tuple[int, str] | None:
-    """The tier and the rule that fired for a pair with these scores."""
+    """The tier and the rule that fired for a pair with these scores.
+
+    NEAR_DUPLICATE by hashes: both 64-bit hashes close and the 256-bit detail hash agreeing too (which tells a
+    stereo pair or a burst from a copy). NEAR_DUPLICATE by embedding: the embeddings nearly identical and one
+    64-bit hash corroborating — never the embedding alone, for which random noise, textures and every shot of
+    a chessboard look alike.
+    """
     if exact:
         return EXACT, "sha256"
-    if phash_distance <= policy.max_phash_distance and dhash_distance <= policy.max_dhash_distance:
+    if (
+        phash_distance <= policy.max_phash_distance
+        and dhash_distance <= policy.max_dhash_distance
+        and detail_distance <= policy.max_detail_distance
+    ):
         return NEAR_DUPLICATE, "hashes"
-    if cosine >= policy.near_duplicate_min_cosine:
+    if (
+        cosine >= policy.near_duplicate_min_cosine
+        and min(phash_distance, dhash_distance) <= policy.embedding_max_hash_distance
+        and detail_distance <= policy.max_detail_distance
+    ):
         return NEAR_DUPLICATE, "embedding"
     if cosine >= policy.similar_min_cosine:
         return SIMILAR, "embedding"
@@ -118,10 +157,7 @@ def match(
     policy: DuplicatePolicy, query: Fingerprint, key: tuple[str, str], other: Fingerprint, cosine: float
 ) -> Match | None:
     found = classify(policy, query, other, cosine)
-    if found is None:
-        return None
-    tier, rule, dp, dd = found
-    return Match(key[0], key[1], other.sha256, tier, rule, dp, dd, cosine)
+    return None if found is None else replace(found, collection_id=key[0], image_id=key[1])
 
 
 def ranked(matches: list[Match]) -> list[Match]:

@@ -155,10 +155,13 @@ def model_input(image: Image.Image) -> NDArray[np.uint8]:
 class PerceptualHashes:
     phash: str
     dhash: str
-    # (pHash, dHash) of the image flipped and rotated: the seven other elements of the dihedral group, in
-    # DIHEDRAL order. Matching compares a query's variants with the other image's canonical hashes, so a
+    # 256-bit pHash and dHash (hash size 16), 128 hex digits: tells apart pictures whose 64-bit hashes agree
+    # but whose details differ (a stereo pair, two shots of one chessboard).
+    detail: str = ""
+    # (pHash, dHash, detail) of the image flipped and rotated: the seven other elements of the dihedral group,
+    # in DIHEDRAL order. Matching compares a query's variants with the other image's canonical hashes, so a
     # mirrored or rotated copy is as near as the original.
-    variants: tuple[tuple[str, str], ...] = ()
+    variants: tuple[tuple[str, str, str], ...] = ()
 
 
 DIHEDRAL = (
@@ -170,18 +173,20 @@ DIHEDRAL = (
     Image.Transpose.TRANSPOSE,
     Image.Transpose.TRANSVERSE,
 )
-HASH_GRID = 64  # the grey square every hash is computed from: the same for the image and its variants
+HASH_GRID = 128  # the grey square every hash is computed from: the same for the image and its variants
 
 
 def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
-    """64-bit pHash and dHash as 16 hex digits each, of the image and of its flips and rotations."""
+    """64-bit pHash and dHash as 16 hex digits each, 256-bit detail hashes, of the image and of its flips and
+    rotations."""
     grey = image.convert("L").resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
 
-    def pair(img: Image.Image) -> tuple[str, str]:
-        return str(imagehash.phash(img)), str(imagehash.dhash(img))
+    def triple(img: Image.Image) -> tuple[str, str, str]:
+        detail = f"{imagehash.phash(img, hash_size=16)}{imagehash.dhash(img, hash_size=16)}"
+        return str(imagehash.phash(img)), str(imagehash.dhash(img)), detail
 
-    phash, dhash = pair(grey)
-    return PerceptualHashes(phash, dhash, tuple(pair(grey.transpose(t)) for t in DIHEDRAL))
+    phash, dhash, detail = triple(grey)
+    return PerceptualHashes(phash, dhash, detail, tuple(triple(grey.transpose(t)) for t in DIHEDRAL))
 
 
 COLOUR_LEVELS = 4  # per channel: a 4 x 4 x 4 = 64-bin RGB histogram

@@ -37,7 +37,8 @@ async def find_matches(
     )
     found: dict[tuple[str, str], Match] = {}
     for hit in hits:
-        other = Fingerprint(str(hit.fields["sha256"]), str(hit.fields["phash"]), str(hit.fields["dhash"]))
+        f = hit.fields
+        other = Fingerprint(str(f["sha256"]), str(f["phash"]), str(f["dhash"]), str(f["detail"]))
         m = match(policy, query, (hit.collection_id, hit.image_id), other, hit.score)
         if m is not None:
             found[m.key] = m

@@ -41,18 +41,19 @@ class ImageRecord:
     # The storage location it was scanned from ('' for uploads), and its duplicate group (None if none).
     location_id: str = ""
     group_id: str | None = None
-    # 'phash:dhash' of its flips and rotations (imaging.DIHEDRAL order).
+    # 256-bit detail hashes, and 'phash:dhash:detail' of its flips and rotations (imaging.DIHEDRAL order).
+    detail_hash: str = ""
     hash_variants: list[str] = field(default_factory=list)
 
     @property
     def fingerprint(self) -> Fingerprint:
-        variants = tuple(tuple(v.split(":", 1)) for v in self.hash_variants if ":" in v)
-        return Fingerprint(self.sha256, self.phash, self.dhash, variants)  # type: ignore[arg-type]
+        variants = tuple(tuple(v.split(":")) for v in self.hash_variants if v.count(":") == 2)
+        return Fingerprint(self.sha256, self.phash, self.dhash, self.detail_hash, variants)  # type: ignore[arg-type]
 
 
 _IMAGE_COLUMNS = (
     "tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, size_bytes, "
-    "phash, dhash, model, tags, create_time, exif, thumbnails, location_id, group_id, hash_variants"
+    "phash, dhash, model, tags, create_time, exif, thumbnails, location_id, group_id, detail_hash, hash_variants"
 )
 _FIELDS = frozenset(ImageRecord.__dataclass_fields__)
 
@@ -68,14 +69,14 @@ def image_from_row(row: Mapping[str, Any]) -> ImageRecord:
 async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
     await conn.execute(
         "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
-        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id, hash_variants) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id, detail_hash, hash_variants) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
         "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
         "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
         "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
         "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, exif = EXCLUDED.exif, "
         "thumbnails = EXCLUDED.thumbnails, location_id = EXCLUDED.location_id, "
-        "hash_variants = EXCLUDED.hash_variants, update_time = now()",
+        "detail_hash = EXCLUDED.detail_hash, hash_variants = EXCLUDED.hash_variants, update_time = now()",
         image.tenant_id,
         image.collection_id,
         image.image_id,
@@ -92,6 +93,7 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
         image.exif,
         image.thumbnails,
         image.location_id,
+        image.detail_hash,
         image.hash_variants,
     )
 

@@ -28,10 +28,10 @@ _SAFE = re.compile(r"[^A-Za-z0-9_]")
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 310_000, "grpc.keepalive_permit_without_calls": False}
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 COLOUR_DIM = 64
 # Scalar fields every vector carries, for filtered searches and for duplicate checks without a round trip.
-SCALAR_FIELDS = ("sha256", "phash", "dhash", "location_id", "format", "width", "height", "create_ts", "tags")
+SCALAR_FIELDS = ("sha256", "phash", "dhash", "detail", "location_id", "format", "width", "height", "create_ts", "tags")
 
 
 def collection_name(model: str, version: str) -> str:
@@ -75,6 +75,7 @@ def _schema(client: MilvusClient, vector_field: str, dim: int) -> Any:
     schema.add_field("sha256", DataType.VARCHAR, max_length=64)
     schema.add_field("phash", DataType.VARCHAR, max_length=16)
     schema.add_field("dhash", DataType.VARCHAR, max_length=16)
+    schema.add_field("detail", DataType.VARCHAR, max_length=128)
     schema.add_field("location_id", DataType.VARCHAR, max_length=64)
     schema.add_field("format", DataType.VARCHAR, max_length=16)
     schema.add_field("width", DataType.INT32)

@@ -164,12 +164,14 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         exif=analysis.decoded.exif,
         thumbnails=sorted(analysis.thumbnails),
         location_id=source.get("location", ""),
-        hash_variants=[f"{p}:{d}" for p, d in hashes.variants],
+        detail_hash=hashes.detail,
+        hash_variants=[":".join(v) for v in hashes.variants],
     )
     fields = {
         "sha256": sha256,
         "phash": hashes.phash,
         "dhash": hashes.dhash,
+        "detail": hashes.detail,
         "location_id": image.location_id,
         "format": header.format,
         "width": header.width,
@@ -182,7 +184,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     matches = await find_matches(
         backend,
         tenant_id,
-        Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.variants),
+        Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants),
         embedding,
         policy=await backend.repo.duplicate_policy(tenant_id),
         exclude=(collection_id, image_id),

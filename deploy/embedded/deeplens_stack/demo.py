@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from deeplens.client import DeepLensClient, error_info, operation_metadata
-from deeplens.v1 import resources_pb2
+from deeplens.v1 import resources_pb2, search_service_pb2
+from PIL import Image, ImageOps
 
 from deeplens_stack.photos import edited_copy, sample_photos
 from deeplens_stack.stack import Stack
@@ -88,6 +90,8 @@ def run_demo(stack: Stack) -> int:
         for rank, result in enumerate(reply.results, 1):
             print(f"   {rank:>4}  {result.score:6.3f}  {result.image.name}")
 
+        grouped = show_duplicates(client, photos)
+
     print(f"== The stack is still running at {stack.config.grpc_target}. Try, with the demo's editor key:")
     print(f"   .venv/bin/grpcurl -plaintext {stack.config.grpc_target} list")
     print(
@@ -95,4 +99,50 @@ def run_demo(stack: Stack) -> int:
         f"{stack.config.grpc_target} deeplens.v1.AdminService/GetTenant"
     )
     print("   Stop everything with: python3 dev.py down")
-    return 0 if found and ok == len(ops) else 1
+    return 0 if found and ok == len(ops) and grouped else 1
+
+
+def show_duplicates(client: DeepLensClient, photos: dict[str, bytes]) -> bool:
+    """Uploads copies of two photos (the same bytes, an edited copy, a mirrored one) next to the originals,
+    then lists the duplicate groups and the storage report. Returns whether the copies were grouped."""
+    copies = {
+        "coffee-again": photos["coffee"],
+        "coffee-edited": edited_copy(photos["coffee"]),
+        "rocket-mirrored": mirrored(photos["rocket"]),
+    }
+    print(f"== Uploading {len(copies)} copies ({', '.join(copies)}) into tenants/{TENANT}/collections/inbox")
+    op = client.upload_images(f"tenants/{TENANT}/collections/inbox", [(d, n, ["copy"]) for n, d in copies.items()])
+    client.wait_operation(op.name, timeout=300)
+    print(f"   the operation counted {operation_metadata(client.get_operation(op.name)).duplicates} duplicates")
+    groups = client.search.ListDuplicateGroups(
+        search_service_pb2.ListDuplicateGroupsRequest(parent=f"tenants/{TENANT}"), metadata=client.metadata
+    )
+    print(f"== {groups.total_size} duplicate groups (largest reclaimable first); the keeper is marked *")
+    for group in groups.duplicate_groups:
+        print(f"   {group.name}: {len(group.members)} images, {group.reclaimable_bytes:,} bytes reclaimable")
+        for member in group.members:
+            mark = "*" if member.name == group.keeper else " "
+            print(f"     {mark} {member.name:<54} {member.width}x{member.height} {member.size_bytes:>9,} B")
+        for link in group.links:
+            tier = resources_pb2.MatchTier.Name(link.tier).removeprefix("MATCH_TIER_")
+            a, b = link.image_a.rsplit("/", 1)[1], link.image_b.rsplit("/", 1)[1]
+            print(
+                f"       {a} ~ {b}: {tier} by {link.rule} (pHash {link.scores.phash_distance}, "
+                f"dHash {link.scores.dhash_distance}, cosine {link.scores.cosine:.3f})"
+            )
+    report = client.search.GetStorageReport(
+        search_service_pb2.GetStorageReportRequest(parent=f"tenants/{TENANT}"), metadata=client.metadata
+    )
+    total = report.total
+    print(f"== Storage: {total.images} images, {total.bytes:,} bytes; {total.reclaimable_bytes:,} reclaimable")
+    for usage in report.by_collection:
+        print(f"   {usage.key:<40} {usage.images:>4} images {usage.bytes:>11,} B {usage.reclaimable_bytes:>11,} B")
+    names = {m.name.rsplit("/", 1)[1] for g in groups.duplicate_groups for m in g.members}
+    return set(copies) <= names
+
+
+def mirrored(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as img:
+        out = io.BytesIO()
+        ImageOps.mirror(img.convert("RGB")).save(out, format="JPEG", quality=90)
+    return out.getvalue()

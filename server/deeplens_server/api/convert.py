@@ -138,7 +138,9 @@ def policy_to_proto(policy: DuplicatePolicy) -> resources_pb2.DuplicatePolicy:
     return resources_pb2.DuplicatePolicy(
         max_phash_distance=policy.max_phash_distance,
         max_dhash_distance=policy.max_dhash_distance,
+        max_detail_distance=policy.max_detail_distance,
         near_duplicate_min_cosine=policy.near_duplicate_min_cosine,
+        embedding_max_hash_distance=policy.embedding_max_hash_distance,
         similar_min_cosine=policy.similar_min_cosine,
     )
 
@@ -147,13 +149,19 @@ def policy_overrides(message: resources_pb2.DuplicatePolicy) -> dict[str, Any]:
     return {
         "max_phash_distance": message.max_phash_distance,
         "max_dhash_distance": message.max_dhash_distance,
+        "max_detail_distance": message.max_detail_distance,
         "near_duplicate_min_cosine": message.near_duplicate_min_cosine,
+        "embedding_max_hash_distance": message.embedding_max_hash_distance,
         "similar_min_cosine": message.similar_min_cosine,
     }
 
 
-def scores_to_proto(phash_distance: int, dhash_distance: int, cosine: float) -> resources_pb2.MatchScores:
-    return resources_pb2.MatchScores(phash_distance=phash_distance, dhash_distance=dhash_distance, cosine=cosine)
+def scores_to_proto(
+    phash_distance: int, dhash_distance: int, detail_distance: int, cosine: float
+) -> resources_pb2.MatchScores:
+    return resources_pb2.MatchScores(
+        phash_distance=phash_distance, dhash_distance=dhash_distance, detail_distance=detail_distance, cosine=cosine
+    )
 
 
 THUMBNAIL_ENUM = {

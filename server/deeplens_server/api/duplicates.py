@@ -42,7 +42,7 @@ async def group_to_proto(backend: Backend, group: GroupRecord, view: int) -> res
                 image_a=image_name(tenant, *link.a),
                 image_b=image_name(tenant, *link.b),
                 tier=link.tier,  # type: ignore[arg-type]
-                scores=scores_to_proto(link.phash_distance, link.dhash_distance, link.cosine),
+                scores=scores_to_proto(link.phash_distance, link.dhash_distance, link.detail_distance, link.cosine),
                 rule=link.rule,
                 decision=link.decision,  # type: ignore[arg-type]
             )
@@ -98,7 +98,7 @@ class DuplicateRpcs:
         elif which == "image_content":
             decoded = await decode_query(backend, request.image_content)
             hashes = perceptual_hashes(decoded.working)
-            fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash, hashes.variants)
+            fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
             embedding = await embed_decoded(backend, decoded, timeout=context.time_remaining())
         else:
             raise InvalidArgument("give image_content or image_name", field="query", reason="MISSING_QUERY")
@@ -121,7 +121,7 @@ class DuplicateRpcs:
                 resources_pb2.DuplicateMatch(
                     image=image_to_proto(rows[m.key], view),
                     tier=m.tier,  # type: ignore[arg-type]
-                    scores=scores_to_proto(m.phash_distance, m.dhash_distance, m.cosine),
+                    scores=scores_to_proto(m.phash_distance, m.dhash_distance, m.detail_distance, m.cosine),
                     rule=m.rule,
                 )
                 for m in matches

@@ -41,7 +41,7 @@ class ImageRpcs:
                 resources_pb2.DuplicateMatch(
                     image=image_to_proto(others[link.other(key)], resources_pb2.IMAGE_VIEW_BASIC),
                     tier=link.tier,  # type: ignore[arg-type]
-                    scores=scores_to_proto(link.phash_distance, link.dhash_distance, link.cosine),
+                    scores=scores_to_proto(link.phash_distance, link.dhash_distance, link.detail_distance, link.cosine),
                     rule=link.rule,
                 )
                 for link in links

@@ -3,7 +3,8 @@
 ALTER TABLE images
     ADD COLUMN location_id text NOT NULL DEFAULT '',
     ADD COLUMN group_id text,
-    -- 'phash:dhash' of the image's flips and rotations, for orientation-blind matching.
+    -- 256-bit pHash + dHash (hex), and 'phash:dhash:detail' of the image's flips and rotations.
+    ADD COLUMN detail_hash text NOT NULL DEFAULT '',
     ADD COLUMN hash_variants text[] NOT NULL DEFAULT '{}';
 -- Per-tenant overrides of the duplicate thresholds ({} = the server defaults).
 ALTER TABLE tenants ADD COLUMN duplicate_policy jsonb NOT NULL DEFAULT '{}';
@@ -23,6 +24,7 @@ CREATE TABLE duplicate_links (
     rule           text NOT NULL,
     phash_distance smallint NOT NULL,
     dhash_distance smallint NOT NULL,
+    detail_distance smallint NOT NULL,
     cosine         real NOT NULL,
     create_time    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, a_collection, a_image, b_collection, b_image)

@@ -678,22 +678,28 @@ class MatchScores(_message.Message):
     PHASH_DISTANCE_FIELD_NUMBER: _builtins.int
     DHASH_DISTANCE_FIELD_NUMBER: _builtins.int
     COSINE_FIELD_NUMBER: _builtins.int
+    DETAIL_DISTANCE_FIELD_NUMBER: _builtins.int
     phash_distance: _builtins.int
     """Hamming distance of the 64-bit pHashes (0 = identical)."""
     dhash_distance: _builtins.int
     """Hamming distance of the 64-bit dHashes."""
     cosine: _builtins.float
     """Cosine similarity of the embeddings, in [-1, 1]."""
+    detail_distance: _builtins.int
+    """Hamming distance of the 512-bit detail hashes (256-bit pHash + dHash), which tell a copy from a burst
+    shot or a stereo pair whose 64-bit hashes agree.
+    """
     def __init__(
         self,
         *,
         phash_distance: _builtins.int = ...,
         dhash_distance: _builtins.int = ...,
         cosine: _builtins.float = ...,
+        detail_distance: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosine", b"cosine", "dhash_distance", b"dhash_distance", "phash_distance", b"phash_distance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosine", b"cosine", "detail_distance", b"detail_distance", "dhash_distance", b"dhash_distance", "phash_distance", b"phash_distance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -702,7 +708,8 @@ Global___MatchScores: _TypeAlias = MatchScores  # noqa: Y015
 @_typing.final
 class DuplicatePolicy(_message.Message):
     """When a pair is a duplicate, a near-duplicate, or only similar. Zero fields take the server's defaults
-    (chosen from the benchmark in docs/duplicates.md).
+    (chosen from the benchmark in docs/duplicates.md). Hash distances are taken in the best of the query's
+    eight orientations (flips and rotations).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -711,13 +718,21 @@ class DuplicatePolicy(_message.Message):
     MAX_DHASH_DISTANCE_FIELD_NUMBER: _builtins.int
     NEAR_DUPLICATE_MIN_COSINE_FIELD_NUMBER: _builtins.int
     SIMILAR_MIN_COSINE_FIELD_NUMBER: _builtins.int
+    MAX_DETAIL_DISTANCE_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MAX_HASH_DISTANCE_FIELD_NUMBER: _builtins.int
     max_phash_distance: _builtins.int
-    """Near-duplicate when both hashes are within these distances ... (default 8 and 10)"""
+    """Near-duplicate when both 64-bit hashes are within these distances and the detail hashes within
+    `max_detail_distance` ...
+    """
     max_dhash_distance: _builtins.int
     near_duplicate_min_cosine: _builtins.float
-    """... or when the embeddings are at least this close (default 0.90)."""
+    """... or when the embeddings are at least this close, one 64-bit hash is within
+    `embedding_max_hash_distance` and the detail hashes within `max_detail_distance`.
+    """
     similar_min_cosine: _builtins.float
-    """Similar when the embeddings are at least this close (default 0.75)."""
+    """Similar when the embeddings are at least this close."""
+    max_detail_distance: _builtins.int
+    embedding_max_hash_distance: _builtins.int
     def __init__(
         self,
         *,
@@ -725,10 +740,12 @@ class DuplicatePolicy(_message.Message):
         max_dhash_distance: _builtins.int = ...,
         near_duplicate_min_cosine: _builtins.float = ...,
         similar_min_cosine: _builtins.float = ...,
+        max_detail_distance: _builtins.int = ...,
+        embedding_max_hash_distance: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_dhash_distance", b"max_dhash_distance", "max_phash_distance", b"max_phash_distance", "near_duplicate_min_cosine", b"near_duplicate_min_cosine", "similar_min_cosine", b"similar_min_cosine"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_max_hash_distance", b"embedding_max_hash_distance", "max_detail_distance", b"max_detail_distance", "max_dhash_distance", b"max_dhash_distance", "max_phash_distance", b"max_phash_distance", "near_duplicate_min_cosine", b"near_duplicate_min_cosine", "similar_min_cosine", b"similar_min_cosine"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
