@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,21 @@ def is_original(name: str) -> bool:
 
 def ambiguous(origin_a: str, origin_b: str) -> bool:
     return (origin_a, origin_b) in AMBIGUOUS or (origin_b, origin_a) in AMBIGUOUS
+
+
+PAIR_SUFFIX = re.compile(r"(-?left|-?right|\d+|[ABLR])$")
+
+
+def negative_kind(origin_a: str, origin_b: str) -> str:
+    if ambiguous(origin_a, origin_b):
+        return "ambiguous"
+    if origin_a.startswith("noise") and origin_b.startswith("noise"):
+        return "noise"
+    if all(o.removeprefix("opencv-")[:-2] in ("left", "right") for o in (origin_a, origin_b)):
+        return "chessboard"
+    if PAIR_SUFFIX.sub("", origin_a) == PAIR_SUFFIX.sub("", origin_b):
+        return "pair"
+    return "other"
 
 
 def score(predicted: set[Pair], truth: dict[str, str], files: list[str], mode: str) -> Scores:
@@ -341,11 +357,15 @@ def analyse(
         "| tier / rule | correct | wrong |",
         "|---|---|---|",
     ]
-    by_rule: Counter[tuple[str, bool]] = Counter()
+    by_rule: Counter[tuple[str, str]] = Counter()
     for p, (tier, rule) in stored_tiers.items():
-        by_rule[(f"{'EXACT' if tier == 1 else 'NEAR_DUPLICATE'} / {rule}", truth[p[0]] == truth[p[1]])] += 1
+        verdict = "ambiguous" if ambiguous(truth[p[0]], truth[p[1]]) else str(truth[p[0]] == truth[p[1]])
+        by_rule[(f"{'EXACT' if tier == 1 else 'NEAR_DUPLICATE'} / {rule}", verdict)] += 1
+    lines[-2] = "| tier / rule | correct | wrong | video frames (not scored) |"
+    lines[-1] = "|---|---|---|---|"
     for label in sorted({k[0] for k in by_rule}):
-        lines.append(f"| {label} | {by_rule[(label, True)]} | {by_rule[(label, False)]} |")
+        cells = [by_rule[(label, v)] for v in ("True", "False", "ambiguous")]
+        lines.append(f"| {label} | " + " | ".join(map(str, cells)) + " |")
     lines += [
         "",
         "### Recall per transform (original-copy pairs, all images)",
@@ -354,7 +374,6 @@ def analyse(
         "|---|---|" + "---|" * len(imagededup),
     ]
     method_pairs = {m: {_pair(a, b) for a, b in r["pairs"]} for m, r in imagededup.items()}  # type: ignore[union-attr]
-    origins = sorted(set(truth.values()))
     for tname, _ in TRANSFORMS.items():
         wanted = [
             _pair(o_file, c_file)
@@ -366,14 +385,21 @@ def analyse(
         cells = [f"{sum(p in stored for p in wanted) / len(wanted):.2f}"]
         cells += [f"{sum(p in pairs for p in wanted) / len(wanted):.2f}" for pairs in method_pairs.values()]
         lines.append(f"| {tname} | " + " | ".join(cells) + " |")
-    del origins
-    # The hard negatives: distinct photos that look alike, and what each method called them.
-    lines += ["", "### Hard negatives called duplicates (pairs of different originals)", ""]
-    wrong = sorted(p for p in stored if truth[p[0]] != truth[p[1]])
-    lines.append(f"DeepLens defaults: {len(wrong)} {wrong[:10]}")
-    for m, pairs in method_pairs.items():
-        bad = sorted(p for p in pairs if truth[p[0]] != truth[p[1]])
-        lines.append(f"imagededup {m}: {len(bad)} e.g. {bad[:5]}")
+    # The hard negatives: distinct images that look alike, and what each method called them.
+    lines += [
+        "",
+        "### Different originals called duplicates, by kind (pairs)",
+        "",
+        "| method | noise | chessboard shots | stereo / before-after | other | video frames (not scored) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, pairs in [("DeepLens defaults", stored), *((f"imagededup {m}", ps) for m, ps in method_pairs.items())]:
+        kinds: Counter[str] = Counter()
+        for a, b in pairs:
+            if truth[a] != truth[b]:
+                kinds[negative_kind(truth[a], truth[b])] += 1
+        cells = [kinds[k] for k in ("noise", "chessboard", "pair", "other", "ambiguous")]
+        lines.append(f"| {label} | " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 

@@ -176,10 +176,35 @@ DIHEDRAL = (
 HASH_GRID = 128  # the grey square every hash is computed from: the same for the image and its variants
 
 
+BORDER_TOLERANCE = 16  # grey levels: what still counts as the border's colour
+
+
+def trim_border(grey: Image.Image) -> Image.Image:
+    """The image without a uniform frame (letterboxing, padding, a scanner's margin): rows and columns at the
+    edges whose every pixel is within BORDER_TOLERANCE of the corners' colour. Kept whole when the frame would
+    leave less than a quarter of it."""
+    pixels = np.asarray(grey, dtype=np.int16)
+    corners = [pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]]
+    content = np.abs(pixels - int(np.median(corners))) > BORDER_TOLERANCE
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    if rows.size == 0:
+        return grey
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    if (box[2] - box[0]) * (box[3] - box[1]) < pixels.size // 4:
+        return grey
+    return grey.crop(box)
+
+
+def phash_bands(phash: str) -> list[str]:
+    """The four 16-bit bands of a 64-bit pHash, each tagged with its position: two hashes within distance 3
+    share at least one band, so an indexed band lookup finds close hashes without scanning."""
+    return [f"{i}{phash[4 * i : 4 * i + 4]}" for i in range(4)] if len(phash) == 16 else []
+
+
 def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
     """64-bit pHash and dHash as 16 hex digits each, 256-bit detail hashes, of the image and of its flips and
-    rotations."""
-    grey = image.convert("L").resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
+    rotations — after trimming a uniform frame."""
+    grey = trim_border(image.convert("L")).resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
 
     def triple(img: Image.Image) -> tuple[str, str, str]:
         detail = f"{imagehash.phash(img, hash_size=16)}{imagehash.dhash(img, hash_size=16)}"

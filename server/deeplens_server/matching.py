@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 from deeplens_server.backend import Backend
 from deeplens_server.duplicates import DuplicatePolicy, Fingerprint, Match, match, ranked
 from deeplens_server.filters import ImageFilter, milvus_expr
+from deeplens_server.imaging import phash_bands
 
 DEFAULT_CANDIDATES = 50
 MAX_CANDIDATES = 500
@@ -42,12 +43,22 @@ async def find_matches(
         m = match(policy, query, (hit.collection_id, hit.image_id), other, hit.score)
         if m is not None:
             found[m.key] = m
-    # Exact copies beyond the ANN's reach (a library holding more copies than candidates) still count.
-    for record in await backend.repo.same_content(tenant_id, query.sha256, limit=candidates):
+    # Copies beyond the ANN's reach — the same bytes, or a close pHash in any orientation (an embedding can
+    # move far under rotation or heavy recompression while the hashes stay put) — through an indexed lookup.
+    bands = sorted({band for p in (query.phash, *(v[0] for v in query.variants)) for band in phash_bands(p)})
+    extra = [
+        r
+        for r in await backend.repo.hash_neighbours(tenant_id, query.sha256, bands, limit=candidates)
+        if (r.collection_id, r.image_id) != exclude
+        and (r.collection_id, r.image_id) not in found
+        and not (collection_id and r.collection_id != collection_id)
+    ]
+    vectors = await backend.vectors.get_vectors(tenant_id, [(r.collection_id, r.image_id) for r in extra])
+    for record in extra:
         key = (record.collection_id, record.image_id)
-        if key == exclude or key in found or (collection_id and record.collection_id != collection_id):
-            continue
-        m = match(policy, query, key, record.fingerprint, 1.0)
+        vector = vectors.get(key)
+        cosine = float(np.dot(embedding, vector)) if vector is not None else 0.0
+        m = match(policy, query, key, record.fingerprint, cosine)
         if m is not None:
             found[key] = m
     return ranked(list(found.values()))

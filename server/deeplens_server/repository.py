@@ -15,6 +15,7 @@ from deeplens_server.db import ScopedPool
 from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy, Fingerprint
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.filters import ImageFilter, sql_conditions
+from deeplens_server.imaging import phash_bands
 from deeplens_server.migrations import migrate
 
 _log = logging.getLogger(__name__)
@@ -69,14 +70,15 @@ def image_from_row(row: Mapping[str, Any]) -> ImageRecord:
 async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
     await conn.execute(
         "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
-        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id, detail_hash, hash_variants) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) "
+        "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id, detail_hash, hash_variants, "
+        "phash_bands) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) "
         "ON CONFLICT (tenant_id, collection_id, image_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
         "storage_uri = EXCLUDED.storage_uri, format = EXCLUDED.format, width = EXCLUDED.width, "
         "height = EXCLUDED.height, size_bytes = EXCLUDED.size_bytes, phash = EXCLUDED.phash, "
         "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, exif = EXCLUDED.exif, "
         "thumbnails = EXCLUDED.thumbnails, location_id = EXCLUDED.location_id, "
-        "detail_hash = EXCLUDED.detail_hash, hash_variants = EXCLUDED.hash_variants, update_time = now()",
+        "detail_hash = EXCLUDED.detail_hash, hash_variants = EXCLUDED.hash_variants, "
+        "phash_bands = EXCLUDED.phash_bands, update_time = now()",
         image.tenant_id,
         image.collection_id,
         image.image_id,
@@ -95,6 +97,7 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
         image.location_id,
         image.detail_hash,
         image.hash_variants,
+        phash_bands(image.phash),
     )
 
 
@@ -136,13 +139,18 @@ class Repository:
 
     # Images
 
-    async def same_content(self, tenant_id: str, sha256: str, *, limit: int = 50) -> list[ImageRecord]:
-        """Images holding exactly these bytes (the hash lookup beside the ANN query)."""
+    async def hash_neighbours(
+        self, tenant_id: str, sha256: str, bands: list[str], *, limit: int = 50
+    ) -> list[ImageRecord]:
+        """The hash lookup beside the ANN query: images with exactly these bytes, then images sharing a pHash
+        band with any of the query's orientations (indexed; no scan)."""
         rows = await self._db.fetch(
             tenant_id,
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND sha256 = $2 LIMIT {int(limit)}",
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND (sha256 = $2 OR phash_bands && $3::text[]) "
+            f"ORDER BY sha256 = $2 DESC LIMIT {int(limit)}",
             tenant_id,
             sha256,
+            bands,
         )
         return [image_from_row(r) for r in rows]
 

@@ -5,7 +5,10 @@ ALTER TABLE images
     ADD COLUMN group_id text,
     -- 256-bit pHash + dHash (hex), and 'phash:dhash:detail' of the image's flips and rotations.
     ADD COLUMN detail_hash text NOT NULL DEFAULT '',
-    ADD COLUMN hash_variants text[] NOT NULL DEFAULT '{}';
+    ADD COLUMN hash_variants text[] NOT NULL DEFAULT '{}',
+    -- The pHash's four 16-bit bands ('0a3f2', ...), for finding close hashes through an index.
+    ADD COLUMN phash_bands text[] NOT NULL DEFAULT '{}';
+CREATE INDEX images_by_phash_band ON images USING gin (phash_bands);
 -- Per-tenant overrides of the duplicate thresholds ({} = the server defaults).
 ALTER TABLE tenants ADD COLUMN duplicate_policy jsonb NOT NULL DEFAULT '{}';
 CREATE INDEX images_by_group ON images (tenant_id, group_id) WHERE group_id IS NOT NULL;
