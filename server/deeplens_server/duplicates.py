@@ -20,10 +20,10 @@ DUPLICATE_TIERS = (EXACT, NEAR_DUPLICATE)
 
 @dataclass(frozen=True, slots=True)
 class DuplicatePolicy:
-    max_phash_distance: int = 8
-    max_dhash_distance: int = 10
+    max_phash_distance: int = 12
+    max_dhash_distance: int = 14
     max_detail_distance: int = 100
-    near_duplicate_min_cosine: float = 0.95
+    near_duplicate_min_cosine: float = 0.90
     embedding_max_hash_distance: int = 12
     similar_min_cosine: float = 0.75
 

@@ -48,7 +48,7 @@ async def find_matches(
     bands = sorted({band for p in (query.phash, *(v[0] for v in query.variants)) for band in phash_bands(p)})
     extra = [
         r
-        for r in await backend.repo.hash_neighbours(tenant_id, query.sha256, bands, limit=candidates)
+        for r in await backend.repo.hash_neighbours(tenant_id, query.sha256, bands, limit=max(candidates, 50))
         if (r.collection_id, r.image_id) != exclude
         and (r.collection_id, r.image_id) not in found
         and not (collection_id and r.collection_id != collection_id)

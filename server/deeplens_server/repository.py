@@ -147,7 +147,8 @@ class Repository:
         rows = await self._db.fetch(
             tenant_id,
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND (sha256 = $2 OR phash_bands && $3::text[]) "
-            f"ORDER BY sha256 = $2 DESC LIMIT {int(limit)}",
+            "ORDER BY sha256 = $2 DESC, cardinality(ARRAY(SELECT unnest(phash_bands) INTERSECT SELECT unnest($3))) "
+            f"DESC LIMIT {int(limit)}",
             tenant_id,
             sha256,
             bands,
