@@ -4,7 +4,7 @@ stores that apply them: a Milvus boolean expression (search) and SQL conditions 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from deeplens_server.errors import InvalidArgument
@@ -55,6 +55,11 @@ def check(f: ImageFilter) -> ImageFilter:
             reason="INVALID_FILTER",
         )
     return f
+
+
+def within(f: ImageFilter, collection_id: str | None) -> ImageFilter:
+    """The filter restricted to one collection (a request scoped to `tenants/{t}/collections/{c}`)."""
+    return f if collection_id is None else replace(f, collections=(collection_id,))
 
 
 def _location(value: str) -> str:

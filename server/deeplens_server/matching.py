@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from deeplens_server.backend import Backend
 from deeplens_server.duplicates import DuplicatePolicy, Fingerprint, Match, match, ranked
-from deeplens_server.filters import ImageFilter, milvus_expr
+from deeplens_server.filters import ImageFilter, milvus_expr, within
 from deeplens_server.imaging import phash_bands
 
 DEFAULT_CANDIDATES = 50
@@ -32,7 +32,7 @@ async def find_matches(
     timeout: float | None = None,
 ) -> list[Match]:
     """Every candidate that is at least SIMILAR under ``policy``, strongest first."""
-    condition = milvus_expr(ImageFilter(collections=(collection_id,))) if collection_id else ""
+    condition = milvus_expr(within(ImageFilter(), collection_id))
     hits = await backend.vectors.search(
         tenant_id, embedding, limit=candidates, condition=condition, exclude=exclude, timeout=timeout
     )
@@ -48,10 +48,10 @@ async def find_matches(
     bands = sorted({band for p in (query.phash, *(v[0] for v in query.variants)) for band in phash_bands(p)})
     extra = [
         r
-        for r in await backend.repo.hash_neighbours(tenant_id, query.sha256, bands, limit=max(candidates, 50))
-        if (r.collection_id, r.image_id) != exclude
-        and (r.collection_id, r.image_id) not in found
-        and not (collection_id and r.collection_id != collection_id)
+        for r in await backend.repo.hash_neighbours(
+            tenant_id, query.sha256, bands, collection_id=collection_id, limit=max(candidates, 50)
+        )
+        if (r.collection_id, r.image_id) not in (exclude, *found)
     ]
     vectors = await backend.vectors.get_vectors(tenant_id, [(r.collection_id, r.image_id) for r in extra])
     for record in extra:

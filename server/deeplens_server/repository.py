@@ -140,18 +140,20 @@ class Repository:
     # Images
 
     async def hash_neighbours(
-        self, tenant_id: str, sha256: str, bands: list[str], *, limit: int = 50
+        self, tenant_id: str, sha256: str, bands: list[str], *, collection_id: str | None = None, limit: int = 50
     ) -> list[ImageRecord]:
         """The hash lookup beside the ANN query: images with exactly these bytes, then images sharing a pHash
         band with any of the query's orientations (indexed; no scan)."""
         rows = await self._db.fetch(
             tenant_id,
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND (sha256 = $2 OR phash_bands && $3::text[]) "
+            "AND ($4::text IS NULL OR collection_id = $4) "
             "ORDER BY sha256 = $2 DESC, cardinality(ARRAY(SELECT unnest(phash_bands) INTERSECT SELECT unnest($3))) "
             f"DESC LIMIT {int(limit)}",
             tenant_id,
             sha256,
             bands,
+            collection_id,
         )
         return [image_from_row(r) for r in rows]
 

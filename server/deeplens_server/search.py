@@ -5,7 +5,7 @@ weighted COMBINED score computed exactly for the union of both queries' candidat
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.fetch import fetch_image
-from deeplens_server.filters import ImageFilter, milvus_expr
+from deeplens_server.filters import ImageFilter, milvus_expr, within
 from deeplens_server.imaging import DecodedImage, colour_signature, decode_image, model_input
 from deeplens_server.names import CollectionName, ImageName, TenantName
 from deeplens_server.repository import ImageRecord
@@ -99,10 +99,8 @@ async def search_similar(backend: Backend, query: SearchQuery, *, timeout: float
         colour = await asyncio.to_thread(colour_signature, decoded.working)
     else:
         raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
-    image_filter = query.image_filter
-    if isinstance(query.scope, CollectionName):
-        image_filter = replace(image_filter, collections=(query.scope.collection,))
-    condition = milvus_expr(image_filter)
+    scope_collection = query.scope.collection if isinstance(query.scope, CollectionName) else None
+    condition = milvus_expr(within(query.image_filter, scope_collection))
     window = query.offset + query.top_k
 
     visual_scores: dict[tuple[str, str], float] = {}

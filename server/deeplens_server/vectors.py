@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from numpy.typing import NDArray
 from pymilvus import AsyncMilvusClient, DataType, MilvusClient, MilvusException
 
 from deeplens_server.errors import NotFound, Unavailable
+from deeplens_server.repository import ImageRecord
 
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -56,6 +58,24 @@ class VectorRecord:
     colour: NDArray[np.float32]
     # The SCALAR_FIELDS values.
     fields: dict[str, Any]
+
+    @classmethod
+    def of(cls, image: ImageRecord, embedding: NDArray[np.float32], colour: NDArray[np.float32]) -> VectorRecord:
+        """An image's vectors with the scalar fields filters and duplicate checks read, taken from its row."""
+        indexed = image.create_time.timestamp() if image.create_time else time.time()
+        fields = {
+            "sha256": image.sha256,
+            "phash": image.phash,
+            "dhash": image.dhash,
+            "detail": image.detail_hash,
+            "location_id": image.location_id,
+            "format": image.format,
+            "width": image.width,
+            "height": image.height,
+            "create_ts": int(indexed),
+            "tags": image.tags,
+        }
+        return cls(image.collection_id, image.image_id, embedding, colour, fields)
 
 
 @dataclass(frozen=True, slots=True)

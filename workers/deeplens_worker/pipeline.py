@@ -8,7 +8,6 @@ PENDING, and the vector and the row are upserts keyed by (tenant, collection, im
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,19 +166,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         detail_hash=hashes.detail,
         hash_variants=[":".join(v) for v in hashes.variants],
     )
-    fields = {
-        "sha256": sha256,
-        "phash": hashes.phash,
-        "dhash": hashes.dhash,
-        "detail": hashes.detail,
-        "location_id": image.location_id,
-        "format": header.format,
-        "width": header.width,
-        "height": header.height,
-        "create_ts": int(time.time()),
-        "tags": image.tags,
-    }
-    await backend.vectors.upsert(tenant_id, [VectorRecord(collection_id, image_id, embedding, analysis.colour, fields)])
+    await backend.vectors.upsert(tenant_id, [VectorRecord.of(image, embedding, analysis.colour)])
     await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
     matches = await find_matches(
         backend,

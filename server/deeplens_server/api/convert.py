@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from deeplens.v1 import resources_pb2
 from google.protobuf import timestamp_pb2
@@ -156,11 +156,41 @@ def policy_overrides(message: resources_pb2.DuplicatePolicy) -> dict[str, Any]:
     }
 
 
-def scores_to_proto(
-    phash_distance: int, dhash_distance: int, detail_distance: int, cosine: float
-) -> resources_pb2.MatchScores:
+class Evidence(Protocol):
+    """What a stored link and a fresh match both know about a pair."""
+
+    @property
+    def tier(self) -> int: ...
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def phash_distance(self) -> int: ...
+
+    @property
+    def dhash_distance(self) -> int: ...
+
+    @property
+    def detail_distance(self) -> int: ...
+
+    @property
+    def cosine(self) -> float: ...
+
+
+def scores_to_proto(e: Evidence) -> resources_pb2.MatchScores:
     return resources_pb2.MatchScores(
-        phash_distance=phash_distance, dhash_distance=dhash_distance, detail_distance=detail_distance, cosine=cosine
+        phash_distance=e.phash_distance, dhash_distance=e.dhash_distance, detail_distance=e.detail_distance,
+        cosine=e.cosine,
+    )  # fmt: skip
+
+
+def match_to_proto(image: resources_pb2.Image, e: Evidence) -> resources_pb2.DuplicateMatch:
+    return resources_pb2.DuplicateMatch(
+        image=image,
+        tier=e.tier,  # type: ignore[arg-type]
+        scores=scores_to_proto(e),
+        rule=e.rule,
     )
 
 

@@ -8,7 +8,14 @@ import grpc
 from deeplens.v1 import resources_pb2, search_service_pb2
 
 from deeplens_server import duplicate_store, paging
-from deeplens_server.api.convert import check_view, image_to_proto, policy_overrides, policy_to_proto, scores_to_proto
+from deeplens_server.api.convert import (
+    check_view,
+    image_to_proto,
+    match_to_proto,
+    policy_overrides,
+    policy_to_proto,
+    scores_to_proto,
+)
 from deeplens_server.backend import Backend
 from deeplens_server.db import scoped
 from deeplens_server.duplicate_store import GroupRecord, Usage
@@ -42,7 +49,7 @@ async def group_to_proto(backend: Backend, group: GroupRecord, view: int) -> res
                 image_a=image_name(tenant, *link.a),
                 image_b=image_name(tenant, *link.b),
                 tier=link.tier,  # type: ignore[arg-type]
-                scores=scores_to_proto(link.phash_distance, link.dhash_distance, link.detail_distance, link.cosine),
+                scores=scores_to_proto(link),
                 rule=link.rule,
                 decision=link.decision,  # type: ignore[arg-type]
             )
@@ -117,16 +124,7 @@ class DuplicateRpcs:
             matches = [m for m in matches if m.tier in DUPLICATE_TIERS]
         rows = await backend.repo.get_images(tenant, [m.key for m in matches])
         return search_service_pb2.FindDuplicatesResponse(
-            matches=[
-                resources_pb2.DuplicateMatch(
-                    image=image_to_proto(rows[m.key], view),
-                    tier=m.tier,  # type: ignore[arg-type]
-                    scores=scores_to_proto(m.phash_distance, m.dhash_distance, m.detail_distance, m.cosine),
-                    rule=m.rule,
-                )
-                for m in matches
-                if m.key in rows
-            ],
+            matches=[match_to_proto(image_to_proto(rows[m.key], view), m) for m in matches if m.key in rows],
             policy=policy_to_proto(policy),
             model=backend.embedder.model_id,
         )

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import grpc
 from deeplens.v1 import resources_pb2, search_service_pb2
 
 from deeplens_server import duplicate_store, paging
-from deeplens_server.api.convert import check_view, filter_from_proto, image_to_proto, scores_to_proto
+from deeplens_server.api.convert import check_view, filter_from_proto, image_to_proto, match_to_proto
 from deeplens_server.backend import Backend
 from deeplens_server.db import scoped
 from deeplens_server.errors import InvalidArgument
+from deeplens_server.filters import within
 from deeplens_server.names import CollectionName, parse_image, parse_scope
 from deeplens_server.removal import delete_image
 from deeplens_server.tenancy import require_tenant
@@ -38,12 +38,7 @@ class ImageRpcs:
         return search_service_pb2.GetImageResponse(
             image=image_to_proto(record, view),
             duplicates=[
-                resources_pb2.DuplicateMatch(
-                    image=image_to_proto(others[link.other(key)], resources_pb2.IMAGE_VIEW_BASIC),
-                    tier=link.tier,  # type: ignore[arg-type]
-                    scores=scores_to_proto(link.phash_distance, link.dhash_distance, link.detail_distance, link.cosine),
-                    rule=link.rule,
-                )
+                match_to_proto(image_to_proto(others[link.other(key)], resources_pb2.IMAGE_VIEW_BASIC), link)
                 for link in links
                 if link.other(key) in others and link.decision != duplicate_store.NOT_DUPLICATES
             ],
@@ -55,9 +50,8 @@ class ImageRpcs:
         scope = parse_scope(request.parent)
         tenant = require_tenant(scope.tenant)
         view = check_view(request.view, resources_pb2.IMAGE_VIEW_BASIC)
-        image_filter = filter_from_proto(request.filter)
-        if isinstance(scope, CollectionName):
-            image_filter = replace(image_filter, collections=(scope.collection,))
+        collection = scope.collection if isinstance(scope, CollectionName) else None
+        image_filter = within(filter_from_proto(request.filter), collection)
         size = paging.page_size(request.page_size)
         cursor = paging.decode(request.page_token)
         after: tuple[str, str] | None = None
