@@ -263,11 +263,14 @@ def collect(stack: Stack, folder: Path, files: list[str]) -> dict[str, Any]:
 MIN_PRECISION = 0.995
 
 
-def choose(candidates: dict[Pair, Candidate], truth: dict[str, str], files: list[str]) -> DuplicatePolicy:
+def choose(
+    candidates: dict[Pair, Candidate], verified: set[Pair], truth: dict[str, str], files: list[str]
+) -> DuplicatePolicy:
     """The policy with the best original-copy F1 on ``files`` whose precision is at least MIN_PRECISION
-    (a grid search, vectorised: each policy is a few array comparisons over all candidate pairs)."""
+    (a grid search, vectorised: each policy is a few array comparisons over all candidate pairs), given the
+    pairs geometric verification made duplicates at ingest."""
     chosen_files = set(files)
-    pairs = [p for p in candidates if p[0] in chosen_files and p[1] in chosen_files]
+    pairs = [p for p in {*candidates, *verified} if p[0] in chosen_files and p[1] in chosen_files]
     origin = [(truth[a], truth[b]) for a, b in pairs]
     keep = np.array([not ambiguous(*o) for o in origin])
     wrong = np.array([oa != ob for oa, ob in origin]) & keep
@@ -275,7 +278,9 @@ def choose(candidates: dict[Pair, Candidate], truth: dict[str, str], files: list
         [oa == ob and is_original(a) != is_original(b) for (a, b), (oa, ob) in zip(pairs, origin, strict=True)]
     )
     positives = score(set(), truth, files, "original-copy").fn
-    c = [candidates[p] for p in pairs]
+    none = Candidate(False, 64, 64, 512, -1.0)
+    c = [candidates.get(p, none) for p in pairs]
+    aligned = np.array([p in verified for p in pairs])
     ex = np.array([x.exact for x in c])
     dp, dd, dx = (np.array([getattr(x, f) for x in c]) for f in ("phash_distance", "dhash_distance", "detail_distance"))
     cos = np.array([x.cosine for x in c])
@@ -285,7 +290,8 @@ def choose(candidates: dict[Pair, Candidate], truth: dict[str, str], files: list
         (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.01), (0, 4, 6, 8, 10, 12, 16),
     )  # fmt: skip
     for hp, hd, hx, tc, m in grid:
-        near = ex | ((dp <= hp) & (dd <= hd) & (dx <= hx)) | ((cos >= tc) & (np.minimum(dp, dd) <= m) & (dx <= hx))
+        by_hashes = (dp <= hp) & (dd <= hd) & (dx <= hx)
+        near = aligned | ex | by_hashes | ((cos >= tc) & (np.minimum(dp, dd) <= m) & (dx <= hx))
         tp, fp = int((near & right).sum()), int((near & wrong).sum())
         if tp == 0 or tp / (tp + fp) < MIN_PRECISION:
             continue
@@ -313,7 +319,9 @@ def analyse(
     grouped = {(a, b) for a, b in run["grouped"]}
 
     def predict(policy: DuplicatePolicy) -> dict[Pair, tuple[int, str]]:
-        out = {}
+        # Geometric verification runs at ingest on the SIMILAR candidates (server-default keypoint thresholds);
+        # its verdicts are taken as stored. The grid chooses the hash and embedding thresholds.
+        out = {p: tr for p, tr in stored_tiers.items() if tr[1] == "keypoints"}
         for p, c in candidates.items():
             found = tier_of(
                 policy, exact=c.exact, phash_distance=c.phash_distance, dhash_distance=c.dhash_distance,
@@ -323,7 +331,8 @@ def analyse(
                 out[p] = (found[0], found[1])
         return out
 
-    chosen = choose(candidates, truth, files_a)
+    verified = {p for p, (_, rule) in stored_tiers.items() if rule == "keypoints"}
+    chosen = choose(candidates, verified, truth, files_a)
     chosen_pairs = predict(chosen)
 
     lines = [

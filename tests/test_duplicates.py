@@ -69,13 +69,14 @@ def _resolve(
 
 @pytest.fixture(scope="module")
 def library(admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]) -> tuple[DeepLensClient, str]:
-    """coffee + an exact copy + four transformed copies (one a crop); rocket + one; four unrelated photos."""
+    """coffee + an exact copy + four transformed copies (one a crop); rocket + one; a stereo pair (two photos
+    of one scene: similar, not duplicates); four unrelated photos."""
     tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/lib"
     images = {"coffee": photos["coffee"], "coffee-copy": photos["coffee"], "rocket": photos["rocket"]}
     images |= {f"coffee-{k}": v for k, v in _variants(photos["coffee"]).items()}
     images["rocket-small"] = _variants(photos["rocket"])["small"]
-    for name in ("astronaut", "chelsea", "camera", "moon"):
+    for name in ("astronaut", "chelsea", "camera", "moon", "motorcycle-left", "motorcycle-right"):
         images[name] = photos[name]
     _ingest(client, parent, images)
     return client, tenant
@@ -97,18 +98,29 @@ def test_tiers_are_explained(library: tuple[DeepLensClient, str], photos: dict[s
         assert by_name[variant].tier == TIER.MATCH_TIER_NEAR_DUPLICATE, variant
         assert by_name[variant].rule == "hashes"  # flips and rotations included: hashes compare all eight
         assert by_name[variant].scores.phash_distance <= found.policy.max_phash_distance
-    # A 10 % crop defeats the hashes; the embedding says it looks alike, which is SIMILAR, not a duplicate.
-    assert "coffee-cropped" not in by_name
-    similar = client.search.FindDuplicates(
-        search_service_pb2.FindDuplicatesRequest(parent=parent, image_content=photos["coffee"], include_similar=True),
+    # A 10 % crop defeats the hashes; its keypoints align onto the original and the pixels agree.
+    cropped = by_name["coffee-cropped"]
+    assert cropped.tier == TIER.MATCH_TIER_NEAR_DUPLICATE
+    assert cropped.rule == "keypoints"
+    assert cropped.scores.detail_distance > found.policy.max_detail_distance
+    assert cropped.scores.keypoint_inliers >= found.policy.keypoint_min_inliers
+    assert cropped.scores.keypoint_agreement >= found.policy.keypoint_min_agreement
+    # Two photos of one scene (a stereo pair): they look alike and share many keypoints, but once aligned their
+    # pixels disagree — SIMILAR, with the evidence, never a duplicate.
+    stereo = client.search.FindDuplicates(
+        search_service_pb2.FindDuplicatesRequest(
+            parent=parent, image_name=f"{parent}/collections/lib/images/motorcycle-left", include_similar=True
+        ),
         metadata=client.metadata,
     )
-    cropped = next(m for m in similar.matches if m.image.name.endswith("/coffee-cropped"))
-    assert cropped.tier == TIER.MATCH_TIER_SIMILAR
-    assert cropped.rule == "embedding"
-    assert cropped.scores.cosine >= similar.policy.similar_min_cosine
-    assert cropped.scores.detail_distance > similar.policy.max_detail_distance
-    assert not {"rocket", "astronaut", "chelsea", "camera", "moon"} & set(by_name)
+    right = next(m for m in stereo.matches if m.image.name.endswith("/motorcycle-right"))
+    assert right.tier == TIER.MATCH_TIER_SIMILAR
+    assert right.rule == "embedding"
+    assert right.scores.cosine >= stereo.policy.similar_min_cosine
+    assert right.scores.keypoint_inliers >= stereo.policy.keypoint_min_inliers
+    assert 0 < right.scores.keypoint_agreement < stereo.policy.keypoint_min_agreement
+    assert all(m.tier == TIER.MATCH_TIER_SIMILAR for m in stereo.matches)
+    assert not {"rocket", "astronaut", "chelsea", "camera", "moon", "motorcycle-left"} & set(by_name)
     assert [m.tier for m in found.matches] == sorted(m.tier for m in found.matches)  # strongest first
     assert found.policy.near_duplicate_min_cosine > found.policy.similar_min_cosine > 0
 
@@ -124,6 +136,7 @@ def test_tiers_are_explained(library: tuple[DeepLensClient, str], photos: dict[s
                 max_detail_distance=1,
                 near_duplicate_min_cosine=0.999,
                 similar_min_cosine=0.5,
+                keypoint_min_inliers=500,
             ),
             include_similar=True,
         ),
@@ -153,9 +166,9 @@ def test_groups_keeper_paging_and_storage_report(library: tuple[DeepLensClient, 
     listed = _groups(client, parent, view=FULL)
     assert listed.total_size == 2
     groups = {len(g.members): g for g in listed.duplicate_groups}
-    coffee, rocket = groups[5], groups[2]
+    coffee, rocket = groups[6], groups[2]
     names = {m.name.rsplit("/", 1)[1] for m in coffee.members}
-    assert names == {"coffee", "coffee-copy", "coffee-small", "coffee-mirrored", "coffee-rotated"}
+    assert names == {"coffee", "coffee-copy", "coffee-small", "coffee-mirrored", "coffee-rotated", "coffee-cropped"}
     # Keeper: the largest resolution, then the largest file, then the oldest, then by name.
     # coffee and coffee-copy tie on everything but age (they were indexed concurrently): either may keep.
     assert coffee.keeper.rsplit("/", 1)[1] in ("coffee", "coffee-copy")
@@ -178,8 +191,8 @@ def test_groups_keeper_paging_and_storage_report(library: tuple[DeepLensClient, 
     report = client.search.GetStorageReport(
         search_service_pb2.GetStorageReportRequest(parent=parent), metadata=client.metadata
     )
-    assert report.total.images == 12
-    assert report.total.duplicate_images == 7
+    assert report.total.images == 14
+    assert report.total.duplicate_images == 8
     assert report.total.reclaimable_bytes == coffee.reclaimable_bytes + rocket.reclaimable_bytes
     assert [u.key for u in report.by_collection] == [f"{parent}/collections/lib"]
     assert [u.key for u in report.by_storage_location] == ["uploads"]

@@ -9,7 +9,7 @@ called "not duplicates" never links into a group again; the decision is keyed by
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,9 @@ KEEP_ALL = 1
 NOT_DUPLICATES = 2
 
 Key = tuple[str, str]
+# Finds more matches for an image inside the transaction that stores it, once the tenant's lock is held, given
+# the keys already matched (matching.late_matcher).
+LateMatcher = Callable[[asyncpg.Connection, set[Key]], Awaitable[list[Match]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class LinkRecord:
     detail_distance: int
     cosine: float
     decision: int
+    keypoint_inliers: int = 0
+    keypoint_agreement: float = 0.0
 
     def other(self, key: Key) -> Key:
         return self.b if self.a == key else self.a
@@ -83,7 +88,8 @@ async def lock_tenant(conn: asyncpg.Connection, tenant_id: str) -> None:
 
 _LINK_SELECT = (
     "SELECT l.a_collection, l.a_image, l.b_collection, l.b_image, l.tier, l.rule, l.phash_distance, "
-    "l.dhash_distance, l.detail_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
+    "l.dhash_distance, l.detail_distance, l.cosine, l.keypoint_inliers, l.keypoint_agreement, "
+    "coalesce(d.decision, 0) AS decision FROM duplicate_links l "
     "LEFT JOIN duplicate_decisions d ON d.tenant_id = l.tenant_id "
     "AND d.sha_a = least(l.a_sha256, l.b_sha256) AND d.sha_b = greatest(l.a_sha256, l.b_sha256) "
 )
@@ -100,6 +106,8 @@ def _link(row: asyncpg.Record) -> LinkRecord:
         detail_distance=row["detail_distance"],
         cosine=row["cosine"],
         decision=row["decision"],
+        keypoint_inliers=row["keypoint_inliers"],
+        keypoint_agreement=row["keypoint_agreement"],
     )
 
 
@@ -118,7 +126,8 @@ async def links_of(conn: asyncpg.Connection, tenant_id: str, key: Key) -> list[L
 # Duplicate links with both ends in group $2 (and their decisions), for tiers $3.
 _GROUP_LINKS = (
     "SELECT l.a_collection, l.a_image, l.b_collection, l.b_image, l.tier, l.rule, l.phash_distance, "
-    "l.dhash_distance, l.detail_distance, l.cosine, coalesce(d.decision, 0) AS decision FROM duplicate_links l "
+    "l.dhash_distance, l.detail_distance, l.cosine, l.keypoint_inliers, l.keypoint_agreement, "
+    "coalesce(d.decision, 0) AS decision FROM duplicate_links l "
     "JOIN images a ON a.tenant_id = l.tenant_id AND a.collection_id = l.a_collection AND a.image_id = l.a_image "
     "JOIN images b ON b.tenant_id = l.tenant_id AND b.collection_id = l.b_collection AND b.image_id = l.b_image "
     "LEFT JOIN duplicate_decisions d ON d.tenant_id = l.tenant_id "
@@ -133,12 +142,20 @@ async def group_links(conn: asyncpg.Connection, tenant_id: str, group_id: str) -
     return [_link(r) for r in rows]
 
 
-async def store_image(conn: asyncpg.Connection, image: ImageRecord, matches: Sequence[Match]) -> bool:
+async def store_image(
+    conn: asyncpg.Connection,
+    image: ImageRecord,
+    matches: Sequence[Match],
+    late: LateMatcher | None = None,
+) -> bool:
     """Writes the image row and its links, and joins it to its duplicates' group. Returns whether it has a
-    duplicate. Runs inside the caller's transaction."""
+    duplicate. Runs inside the caller's transaction; ``late`` finds more matches once the tenant's lock is
+    held (matching.late_matcher)."""
     tenant = image.tenant_id
     key = (image.collection_id, image.image_id)
     await lock_tenant(conn, tenant)
+    if late is not None:
+        matches = [*matches, *await late(conn, {m.key for m in matches})]
     previous = await conn.fetchrow(
         "SELECT sha256, group_id FROM images WHERE tenant_id = $1 AND collection_id = $2 AND image_id = $3",
         tenant,
@@ -154,15 +171,16 @@ async def store_image(conn: asyncpg.Connection, image: ImageRecord, matches: Seq
         a_sha, b_sha = (image.sha256, m.sha256) if a == key else (m.sha256, image.sha256)
         await conn.execute(
             "INSERT INTO duplicate_links (tenant_id, a_collection, a_image, b_collection, b_image, a_sha256, "
-            "b_sha256, tier, rule, phash_distance, dhash_distance, detail_distance, cosine) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "b_sha256, tier, rule, phash_distance, dhash_distance, detail_distance, cosine, keypoint_inliers, "
+            "keypoint_agreement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
             "ON CONFLICT (tenant_id, a_collection, a_image, b_collection, b_image) DO UPDATE SET "
             "a_sha256 = EXCLUDED.a_sha256, b_sha256 = EXCLUDED.b_sha256, tier = EXCLUDED.tier, "
             "rule = EXCLUDED.rule, phash_distance = EXCLUDED.phash_distance, "
             "dhash_distance = EXCLUDED.dhash_distance, detail_distance = EXCLUDED.detail_distance, "
-            "cosine = EXCLUDED.cosine",
+            "cosine = EXCLUDED.cosine, keypoint_inliers = EXCLUDED.keypoint_inliers, "
+            "keypoint_agreement = EXCLUDED.keypoint_agreement",
             tenant, a[0], a[1], b[0], b[1], a_sha, b_sha, m.tier, m.rule, m.phash_distance,
-            m.dhash_distance, m.detail_distance, m.cosine,
+            m.dhash_distance, m.detail_distance, m.cosine, m.keypoint_inliers, m.keypoint_agreement,
         )  # fmt: skip
     return await _join(conn, tenant, key)
 

@@ -1,5 +1,6 @@
-"""Tiered, explained duplicate matching: EXACT (same SHA-256), NEAR_DUPLICATE (perceptual hashes close, or
-embeddings very close), SIMILAR (embeddings close). Pure functions; the stores live elsewhere.
+"""Tiered, explained duplicate matching: EXACT (same SHA-256), NEAR_DUPLICATE (perceptual hashes close,
+embeddings very close with a hash agreeing, or a similar pair that aligns geometrically — a crop, a small
+rotation), SIMILAR (embeddings close). Pure functions; the stores live elsewhere.
 
 The defaults come from the benchmark in docs/duplicates.md (bench/dedup_eval.py): they keep precision on
 "duplicate" at 1.0 on distinct-but-similar photos while finding the transformed copies.
@@ -26,6 +27,10 @@ class DuplicatePolicy:
     near_duplicate_min_cosine: float = 0.90
     embedding_max_hash_distance: int = 12
     similar_min_cosine: float = 0.75
+    # A SIMILAR pair is a NEAR_DUPLICATE when one image aligns onto the other (keypoints.py) with this many
+    # RANSAC inliers and this share of the overlap agreeing pixel for pixel.
+    keypoint_min_inliers: int = 15
+    keypoint_min_agreement: float = 0.8
 
     def override(self, values: dict[str, Any]) -> DuplicatePolicy:
         """This policy with the non-zero ``values`` applied, checked."""
@@ -35,10 +40,11 @@ class DuplicatePolicy:
             ("max_dhash_distance", 64),
             ("embedding_max_hash_distance", 64),
             ("max_detail_distance", 512),
+            ("keypoint_min_inliers", 500),
         ):
             if name in changes and not 0 <= int(changes[name]) <= top:
                 raise InvalidArgument(f"{name} must be in [0, {top}]", field=f"policy.{name}", reason="INVALID_POLICY")
-        for name in ("near_duplicate_min_cosine", "similar_min_cosine"):
+        for name in ("near_duplicate_min_cosine", "similar_min_cosine", "keypoint_min_agreement"):
             if name in changes and not 0.0 < float(changes[name]) <= 1.0:
                 raise InvalidArgument(f"{name} must be in (0, 1]", field=f"policy.{name}", reason="INVALID_POLICY")
         policy = replace(self, **changes)
@@ -88,6 +94,9 @@ class Match:
     dhash_distance: int
     detail_distance: int
     cosine: float
+    # Geometric verification (0 when it was not run): RANSAC inliers and the agreeing share of the overlap.
+    keypoint_inliers: int = 0
+    keypoint_agreement: float = 0.0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -158,6 +167,15 @@ def match(
 ) -> Match | None:
     found = classify(policy, query, other, cosine)
     return None if found is None else replace(found, collection_id=key[0], image_id=key[1])
+
+
+def verified(policy: DuplicatePolicy, m: Match, inliers: int, agreement: float) -> Match:
+    """A SIMILAR match with its geometric verification: NEAR_DUPLICATE by rule ``keypoints`` when it aligns."""
+    aligned = inliers >= policy.keypoint_min_inliers and agreement >= policy.keypoint_min_agreement
+    if m.tier != SIMILAR:
+        return m
+    tier, rule = (NEAR_DUPLICATE, "keypoints") if aligned else (m.tier, m.rule)
+    return replace(m, tier=tier, rule=rule, keypoint_inliers=inliers, keypoint_agreement=agreement)
 
 
 def ranked(matches: list[Match]) -> list[Match]:

@@ -1,22 +1,41 @@
-"""Duplicate candidates for one image: one ANN query over the tenant's embeddings plus one SHA-256 lookup, so
-the cost per image stays flat as the library grows (no N x N comparison). Used at ingest and by FindDuplicates.
+"""Duplicate candidates for one image: one ANN query over the tenant's embeddings plus one indexed hash lookup,
+so the cost per image stays flat as the library grows (no N x N comparison); then geometric verification of
+the few SIMILAR candidates, which tells a crop or a small rotation from another photo of the same scene. Used
+at ingest and by FindDuplicates.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import asyncpg
 import numpy as np
 from numpy.typing import NDArray
 
 from deeplens_server.backend import Backend
-from deeplens_server.duplicates import DuplicatePolicy, Fingerprint, Match, match, ranked
+from deeplens_server.duplicate_store import LateMatcher
+from deeplens_server.duplicates import SIMILAR, DuplicatePolicy, Fingerprint, Match, match, ranked, verified
+from deeplens_server.errors import NotFound
 from deeplens_server.filters import ImageFilter, milvus_expr, within
-from deeplens_server.imaging import phash_bands
+from deeplens_server.keypoints import Keypoints, align, keypoints_of_bytes
+from deeplens_server.repository import ImageRecord, hash_neighbours
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES = 50
 MAX_CANDIDATES = 500
 # At ingest: the nearest 20 are plenty — groups are transitive, so a copy beyond them still joins through one
 # within — and each candidate costs the vector store a row to read back.
 INGEST_CANDIDATES = 20
+# SIMILAR candidates verified geometrically per query, most similar first (each costs ~10 ms of CPU).
+MAX_VERIFIED = 8
+# The stored thumbnail verification reads (the largest; imaging.THUMBNAIL_SIZES).
+VERIFY_THUMBNAIL = 600
+
+Key = tuple[str, str]
+QueryKeypoints = Callable[[], Keypoints]
 
 
 async def find_matches(
@@ -26,39 +45,120 @@ async def find_matches(
     embedding: NDArray[np.float32],
     *,
     policy: DuplicatePolicy,
+    query_keypoints: QueryKeypoints | None = None,
     collection_id: str | None = None,
-    exclude: tuple[str, str] | None = None,
+    exclude: Key | None = None,
     candidates: int = DEFAULT_CANDIDATES,
+    hash_lookup: bool = True,
     timeout: float | None = None,
 ) -> list[Match]:
-    """Every candidate that is at least SIMILAR under ``policy``, strongest first."""
+    """Every candidate that is at least SIMILAR under ``policy``, strongest first. With ``hash_lookup`` off
+    the caller runs the lookup itself (``late_matcher``, at ingest under the tenant's lock)."""
     condition = milvus_expr(within(ImageFilter(), collection_id))
     hits = await backend.vectors.search(
         tenant_id, embedding, limit=candidates, condition=condition, exclude=exclude, timeout=timeout
     )
-    found: dict[tuple[str, str], Match] = {}
+    found: dict[Key, Match] = {}
     for hit in hits:
         f = hit.fields
         other = Fingerprint(str(f["sha256"]), str(f["phash"]), str(f["dhash"]), str(f["detail"]))
         m = match(policy, query, (hit.collection_id, hit.image_id), other, hit.score)
         if m is not None:
             found[m.key] = m
-    # Copies beyond the ANN's reach — the same bytes, or a close pHash in any orientation (an embedding can
-    # move far under rotation or heavy recompression while the hashes stay put) — through an indexed lookup.
-    bands = sorted({band for p in (query.phash, *(v[0] for v in query.variants)) for band in phash_bands(p)})
-    extra = [
-        r
-        for r in await backend.repo.hash_neighbours(
-            tenant_id, query.sha256, bands, collection_id=collection_id, limit=max(candidates, 50)
+    if hash_lookup:
+        # Copies beyond the ANN's reach — the same bytes, or a close pHash in any orientation (an embedding can
+        # move far under rotation or heavy recompression while the hashes stay put).
+        records = await backend.repo.hash_neighbours(
+            tenant_id, query, collection_id=collection_id, limit=max(candidates, 50)
         )
-        if (r.collection_id, r.image_id) not in (exclude, *found)
-    ]
-    vectors = await backend.vectors.get_vectors(tenant_id, [(r.collection_id, r.image_id) for r in extra])
-    for record in extra:
+        extra = [r for r in records if (r.collection_id, r.image_id) not in (exclude, *found)]
+        for m in await _classify(backend, tenant_id, policy, query, embedding, extra):
+            found[m.key] = m
+    matches = list(found.values())
+    if query_keypoints is not None:
+        matches = await _verify(backend, tenant_id, policy, query_keypoints, matches)
+    return ranked(matches)
+
+
+def late_matcher(
+    backend: Backend,
+    tenant_id: str,
+    query: Fingerprint,
+    embedding: NDArray[np.float32],
+    *,
+    policy: DuplicatePolicy,
+    exclude: Key,
+    limit: int = 50,
+) -> LateMatcher:
+    """The hash lookup, run inside the transaction that stores the image, after it takes the tenant's lock:
+    every image committed before it is visible, and every image committed after it runs its own lookup and
+    sees this one — so two copies ingested at the same moment still find each other."""
+
+    async def late(conn: asyncpg.Connection, known: set[Key]) -> list[Match]:
+        records = await hash_neighbours(conn, tenant_id, query, limit=limit)
+        extra = [r for r in records if (r.collection_id, r.image_id) not in {*known, exclude}]
+        return await _classify(backend, tenant_id, policy, query, embedding, extra)
+
+    return late
+
+
+async def _classify(
+    backend: Backend,
+    tenant_id: str,
+    policy: DuplicatePolicy,
+    query: Fingerprint,
+    embedding: NDArray[np.float32],
+    records: Iterable[ImageRecord],
+) -> list[Match]:
+    records = list(records)
+    if not records:
+        return []
+    vectors = await backend.vectors.get_vectors(tenant_id, [(r.collection_id, r.image_id) for r in records])
+    found = []
+    for record in records:
         key = (record.collection_id, record.image_id)
         vector = vectors.get(key)
         cosine = float(np.dot(embedding, vector)) if vector is not None else 0.0
         m = match(policy, query, key, record.fingerprint, cosine)
         if m is not None:
-            found[key] = m
-    return ranked(list(found.values()))
+            found.append(m)
+    return found
+
+
+async def _verify(
+    backend: Backend, tenant_id: str, policy: DuplicatePolicy, query: QueryKeypoints, matches: Sequence[Match]
+) -> list[Match]:
+    """The most similar SIMILAR matches, verified on their stored thumbnails."""
+    todo = sorted((m for m in matches if m.tier == SIMILAR), key=lambda m: -m.cosine)[:MAX_VERIFIED]
+    if not todo:
+        return list(matches)
+    thumbs: dict[str, bytes] = {}
+    for sha in {m.sha256 for m in todo}:
+        try:
+            thumbs[sha] = await backend.blobs.get_thumbnail(tenant_id, sha, VERIFY_THUMBNAIL)
+        except NotFound:
+            _log.warning("no thumbnail for %s; its match stays unverified", sha)
+    alignments = await asyncio.to_thread(_align_all, query, thumbs)
+    out = []
+    for m in matches:
+        if m.sha256 in alignments and m in todo:
+            inliers, agreement = alignments[m.sha256]
+            m = verified(policy, m, inliers, agreement)
+        out.append(m)
+    return out
+
+
+def _align_all(query: QueryKeypoints, thumbs: dict[str, bytes]) -> dict[str, tuple[int, float]]:
+    """(inliers, agreement) per candidate content (runs in a thread)."""
+    if not thumbs:
+        return {}
+    mine = query()
+    out = {}
+    for sha, data in thumbs.items():
+        try:
+            other = keypoints_of_bytes(data)
+        except (OSError, ValueError):
+            continue
+        found = align(mine, other)
+        out[sha] = (found.inliers, round(found.agreement, 4))
+    return out

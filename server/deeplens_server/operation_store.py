@@ -17,7 +17,7 @@ import asyncpg
 
 from deeplens_server import operations as op_states
 from deeplens_server.db import ScopedPool, scoped
-from deeplens_server.duplicate_store import store_image
+from deeplens_server.duplicate_store import LateMatcher, store_image
 from deeplens_server.duplicates import Match
 from deeplens_server.errors import FailedPrecondition, NotFound
 from deeplens_server.repository import ImageRecord
@@ -222,10 +222,12 @@ class OperationStore:
         error: bytes | None = None,
         image: ImageRecord | None = None,
         matches: Sequence[Match] = (),
+        late_matches: LateMatcher | None = None,
     ) -> tuple[OperationRecord, bool]:
         """Moves a pending item to ``state`` and counts it; returns the operation and whether this call
         counted (False: the item had already left PENDING — a re-delivery). ``image`` and its duplicate
-        ``matches`` are stored only then, in the same transaction."""
+        ``matches`` (plus ``late_matches``' under the tenant's lock) are stored only then, in the same
+        transaction."""
         async with scoped(self._pool, tenant_id) as conn:
             op = await _lock(conn, tenant_id, operation_id)
             moved = await conn.fetchval(
@@ -240,7 +242,7 @@ class OperationStore:
             )
             if moved is None:
                 return _operation(op), False
-            duplicate = image is not None and await store_image(conn, image, matches)
+            duplicate = image is not None and await store_image(conn, image, matches, late_matches)
             row = await conn.fetchrow(
                 "UPDATE operations SET processed = processed + 1, succeeded = succeeded + $3, failed = failed + $4, "
                 "duplicates = duplicates + $5, update_time = now() WHERE tenant_id = $1 AND id = $2 RETURNING *",

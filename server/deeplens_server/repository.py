@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from deeplens_server.db import ScopedPool
+from deeplens_server.db import ScopedPool, scoped
 from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy, Fingerprint
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.filters import ImageFilter, sql_conditions
@@ -101,6 +101,25 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
     )
 
 
+_HASH_NEIGHBOURS = (
+    f"SELECT {_IMAGE_COLUMNS}, (SELECT min(bit_count(('x' || images.phash)::bit(64) # ('x' || q)::bit(64))) "
+    "FROM unnest($4::text[]) AS q) AS nearest FROM images WHERE tenant_id = $1 "
+    "AND (sha256 = $2 OR (phash_bands && $3::text[] AND length(phash) = 16)) "
+    "AND ($5::text IS NULL OR collection_id = $5) ORDER BY sha256 = $2 DESC, nearest, collection_id, image_id LIMIT $6"
+)
+
+
+async def hash_neighbours(
+    conn: asyncpg.Connection, tenant_id: str, query: Fingerprint, *, collection_id: str | None = None, limit: int = 50
+) -> list[ImageRecord]:
+    """The hash lookup beside the ANN query: images with exactly these bytes, then images sharing a 16-bit pHash
+    band with any of the query's orientations (GIN-indexed; no scan), nearest pHash first."""
+    phashes = [p for p in (query.phash, *(v[0] for v in query.variants)) if len(p) == 16]
+    bands = sorted({band for p in phashes for band in phash_bands(p)})
+    rows = await conn.fetch(_HASH_NEIGHBOURS, tenant_id, query.sha256, bands, phashes, collection_id, limit)
+    return [image_from_row(r) for r in rows]
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -140,22 +159,11 @@ class Repository:
     # Images
 
     async def hash_neighbours(
-        self, tenant_id: str, sha256: str, bands: list[str], *, collection_id: str | None = None, limit: int = 50
+        self, tenant_id: str, query: Fingerprint, *, collection_id: str | None = None, limit: int = 50
     ) -> list[ImageRecord]:
-        """The hash lookup beside the ANN query: images with exactly these bytes, then images sharing a pHash
-        band with any of the query's orientations (indexed; no scan)."""
-        rows = await self._db.fetch(
-            tenant_id,
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE tenant_id = $1 AND (sha256 = $2 OR phash_bands && $3::text[]) "
-            "AND ($4::text IS NULL OR collection_id = $4) "
-            "ORDER BY sha256 = $2 DESC, cardinality(ARRAY(SELECT unnest(phash_bands) INTERSECT SELECT unnest($3))) "
-            f"DESC LIMIT {int(limit)}",
-            tenant_id,
-            sha256,
-            bands,
-            collection_id,
-        )
-        return [image_from_row(r) for r in rows]
+        """See ``hash_neighbours`` (the function); in its own transaction."""
+        async with scoped(self._pool, tenant_id) as conn:
+            return await hash_neighbours(conn, tenant_id, query, collection_id=collection_id, limit=limit)
 
     async def duplicate_policy(self, tenant_id: str) -> DuplicatePolicy:
         """The tenant's duplicate thresholds: the server defaults with its overrides applied."""

@@ -17,6 +17,7 @@ from deeplens.v1 import ingest_service_pb2
 from deeplens_server import locations, operations
 from deeplens_server.api.convert import image_to_proto
 from deeplens_server.backend import Backend
+from deeplens_server.duplicate_store import LateMatcher
 from deeplens_server.duplicates import Fingerprint, Match
 from deeplens_server.errors import DeepLensError, ImageRejected, NotFound
 from deeplens_server.fetch import fetch_image
@@ -30,7 +31,8 @@ from deeplens_server.imaging import (
     perceptual_hashes,
     thumbnails,
 )
-from deeplens_server.matching import INGEST_CANDIDATES, find_matches
+from deeplens_server.keypoints import keypoints
+from deeplens_server.matching import INGEST_CANDIDATES, find_matches, late_matcher
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
 from deeplens_server.status import to_rpc_status
@@ -85,6 +87,7 @@ async def _finish(
     error: DeepLensError | None = None,
     image: ImageRecord | None = None,
     matches: Sequence[Match] = (),
+    late_matches: LateMatcher | None = None,
 ) -> OperationRecord:
     final, counted = await backend.ops.finish_item(
         record.tenant_id,
@@ -95,6 +98,7 @@ async def _finish(
         error=to_rpc_status(error).SerializeToString() if error is not None else None,
         image=image,
         matches=matches,
+        late_matches=late_matches,
     )
     if counted:
         await backend.events.announce(final)
@@ -168,13 +172,21 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     )
     await backend.vectors.upsert(tenant_id, [VectorRecord.of(image, embedding, analysis.colour)])
     await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
+    query = Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
+    policy = await backend.repo.duplicate_policy(tenant_id)
+    working = analysis.decoded.working
     matches = await find_matches(
         backend,
         tenant_id,
-        Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants),
+        query,
         embedding,
-        policy=await backend.repo.duplicate_policy(tenant_id),
+        policy=policy,
+        query_keypoints=lambda: keypoints(working),
         exclude=(collection_id, image_id),
         candidates=INGEST_CANDIDATES,
+        hash_lookup=False,
     )
-    return await _finish(backend, record, item, operations.ITEM_SUCCEEDED, image=image, matches=matches)
+    late = late_matcher(backend, tenant_id, query, embedding, policy=policy, exclude=(collection_id, image_id))
+    return await _finish(
+        backend, record, item, operations.ITEM_SUCCEEDED, image=image, matches=matches, late_matches=late
+    )

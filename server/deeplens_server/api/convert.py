@@ -142,6 +142,8 @@ def policy_to_proto(policy: DuplicatePolicy) -> resources_pb2.DuplicatePolicy:
         near_duplicate_min_cosine=policy.near_duplicate_min_cosine,
         embedding_max_hash_distance=policy.embedding_max_hash_distance,
         similar_min_cosine=policy.similar_min_cosine,
+        keypoint_min_inliers=policy.keypoint_min_inliers,
+        keypoint_min_agreement=policy.keypoint_min_agreement,
     )
 
 
@@ -153,6 +155,8 @@ def policy_overrides(message: resources_pb2.DuplicatePolicy) -> dict[str, Any]:
         "near_duplicate_min_cosine": message.near_duplicate_min_cosine,
         "embedding_max_hash_distance": message.embedding_max_hash_distance,
         "similar_min_cosine": message.similar_min_cosine,
+        "keypoint_min_inliers": message.keypoint_min_inliers,
+        "keypoint_min_agreement": message.keypoint_min_agreement,
     }
 
 
@@ -177,11 +181,17 @@ class Evidence(Protocol):
     @property
     def cosine(self) -> float: ...
 
+    @property
+    def keypoint_inliers(self) -> int: ...
+
+    @property
+    def keypoint_agreement(self) -> float: ...
+
 
 def scores_to_proto(e: Evidence) -> resources_pb2.MatchScores:
     return resources_pb2.MatchScores(
         phash_distance=e.phash_distance, dhash_distance=e.dhash_distance, detail_distance=e.detail_distance,
-        cosine=e.cosine,
+        cosine=e.cosine, keypoint_inliers=e.keypoint_inliers, keypoint_agreement=e.keypoint_agreement,
     )  # fmt: skip
 
 

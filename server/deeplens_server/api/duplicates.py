@@ -22,7 +22,14 @@ from deeplens_server.duplicate_store import GroupRecord, Usage
 from deeplens_server.duplicates import DUPLICATE_TIERS, Fingerprint
 from deeplens_server.errors import Aborted, InvalidArgument, NotFound
 from deeplens_server.imaging import perceptual_hashes
-from deeplens_server.matching import DEFAULT_CANDIDATES, MAX_CANDIDATES, find_matches
+from deeplens_server.keypoints import keypoints, keypoints_of_bytes
+from deeplens_server.matching import (
+    DEFAULT_CANDIDATES,
+    MAX_CANDIDATES,
+    VERIFY_THUMBNAIL,
+    QueryKeypoints,
+    find_matches,
+)
 from deeplens_server.names import CollectionName, image_name, parse_duplicate_group, parse_image, parse_scope
 from deeplens_server.operations import timestamp
 from deeplens_server.removal import delete_image
@@ -70,6 +77,15 @@ def _usage(u: Usage, key: str) -> search_service_pb2.StorageUsage:
     )  # fmt: skip
 
 
+async def _stored_keypoints(backend: Backend, tenant: str, sha256: str) -> QueryKeypoints | None:
+    """Verification features of an indexed image, from its stored thumbnail (None when it has none)."""
+    try:
+        data = await backend.blobs.get_thumbnail(tenant, sha256, VERIFY_THUMBNAIL)
+    except NotFound:
+        return None
+    return lambda: keypoints_of_bytes(data)
+
+
 class DuplicateRpcs:
     _backend: Backend
 
@@ -95,6 +111,7 @@ class DuplicateRpcs:
         policy = (await backend.repo.duplicate_policy(tenant)).override(policy_overrides(request.policy))
         which = request.WhichOneof("query")
         exclude: tuple[str, str] | None = None
+        query_keypoints: QueryKeypoints | None = None
         if which == "image_name":
             image = parse_image(request.image_name, field="image_name")
             require_tenant(image.tenant)
@@ -102,11 +119,14 @@ class DuplicateRpcs:
             record = await backend.repo.get_image(tenant, *exclude)
             fingerprint = record.fingerprint
             embedding = await backend.vectors.get_embedding(tenant, *exclude)
+            query_keypoints = await _stored_keypoints(backend, tenant, record.sha256)
         elif which == "image_content":
             decoded = await decode_query(backend, request.image_content)
             hashes = perceptual_hashes(decoded.working)
             fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
             embedding = await embed_decoded(backend, decoded, timeout=context.time_remaining())
+            working = decoded.working
+            query_keypoints = lambda: keypoints(working)  # noqa: E731
         else:
             raise InvalidArgument("give image_content or image_name", field="query", reason="MISSING_QUERY")
         matches = await find_matches(
@@ -115,6 +135,7 @@ class DuplicateRpcs:
             fingerprint,
             embedding,
             policy=policy,
+            query_keypoints=query_keypoints,
             collection_id=scope.collection if isinstance(scope, CollectionName) else None,
             exclude=exclude,
             candidates=candidates,

@@ -679,6 +679,8 @@ class MatchScores(_message.Message):
     DHASH_DISTANCE_FIELD_NUMBER: _builtins.int
     COSINE_FIELD_NUMBER: _builtins.int
     DETAIL_DISTANCE_FIELD_NUMBER: _builtins.int
+    KEYPOINT_INLIERS_FIELD_NUMBER: _builtins.int
+    KEYPOINT_AGREEMENT_FIELD_NUMBER: _builtins.int
     phash_distance: _builtins.int
     """Hamming distance of the 64-bit pHashes (0 = identical)."""
     dhash_distance: _builtins.int
@@ -689,6 +691,14 @@ class MatchScores(_message.Message):
     """Hamming distance of the 512-bit detail hashes (256-bit pHash + dHash), which tell a copy from a burst
     shot or a stereo pair whose 64-bit hashes agree.
     """
+    keypoint_inliers: _builtins.int
+    """Geometric verification of a pair the embeddings call similar (0 when it was not run): keypoints matched
+    by a rotation-scale-shift fitted with RANSAC ...
+    """
+    keypoint_agreement: _builtins.float
+    """... and the share of the aligned overlap whose pixels agree, in [0, 1]. A crop or a slightly rotated copy
+    agrees almost everywhere; another photo of the same scene does not.
+    """
     def __init__(
         self,
         *,
@@ -696,10 +706,12 @@ class MatchScores(_message.Message):
         dhash_distance: _builtins.int = ...,
         cosine: _builtins.float = ...,
         detail_distance: _builtins.int = ...,
+        keypoint_inliers: _builtins.int = ...,
+        keypoint_agreement: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosine", b"cosine", "detail_distance", b"detail_distance", "dhash_distance", b"dhash_distance", "phash_distance", b"phash_distance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosine", b"cosine", "detail_distance", b"detail_distance", "dhash_distance", b"dhash_distance", "keypoint_agreement", b"keypoint_agreement", "keypoint_inliers", b"keypoint_inliers", "phash_distance", b"phash_distance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -720,6 +732,8 @@ class DuplicatePolicy(_message.Message):
     SIMILAR_MIN_COSINE_FIELD_NUMBER: _builtins.int
     MAX_DETAIL_DISTANCE_FIELD_NUMBER: _builtins.int
     EMBEDDING_MAX_HASH_DISTANCE_FIELD_NUMBER: _builtins.int
+    KEYPOINT_MIN_INLIERS_FIELD_NUMBER: _builtins.int
+    KEYPOINT_MIN_AGREEMENT_FIELD_NUMBER: _builtins.int
     max_phash_distance: _builtins.int
     """Near-duplicate when both 64-bit hashes are within these distances and the detail hashes within
     `max_detail_distance` ...
@@ -733,6 +747,11 @@ class DuplicatePolicy(_message.Message):
     """Similar when the embeddings are at least this close."""
     max_detail_distance: _builtins.int
     embedding_max_hash_distance: _builtins.int
+    keypoint_min_inliers: _builtins.int
+    """... or, for a similar pair, when one image aligns onto the other with at least this many keypoint
+    inliers and this share of the overlap agreeing (a crop, a small rotation, an edited copy).
+    """
+    keypoint_min_agreement: _builtins.float
     def __init__(
         self,
         *,
@@ -742,10 +761,12 @@ class DuplicatePolicy(_message.Message):
         similar_min_cosine: _builtins.float = ...,
         max_detail_distance: _builtins.int = ...,
         embedding_max_hash_distance: _builtins.int = ...,
+        keypoint_min_inliers: _builtins.int = ...,
+        keypoint_min_agreement: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_max_hash_distance", b"embedding_max_hash_distance", "max_detail_distance", b"max_detail_distance", "max_dhash_distance", b"max_dhash_distance", "max_phash_distance", b"max_phash_distance", "near_duplicate_min_cosine", b"near_duplicate_min_cosine", "similar_min_cosine", b"similar_min_cosine"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_max_hash_distance", b"embedding_max_hash_distance", "keypoint_min_agreement", b"keypoint_min_agreement", "keypoint_min_inliers", b"keypoint_min_inliers", "max_detail_distance", b"max_detail_distance", "max_dhash_distance", b"max_dhash_distance", "max_phash_distance", b"max_phash_distance", "near_duplicate_min_cosine", b"near_duplicate_min_cosine", "similar_min_cosine", b"similar_min_cosine"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -763,7 +784,9 @@ class DuplicateMatch(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     tier: Global___MatchTier.ValueType
     rule: _builtins.str
-    """The rule that fired: "sha256", "hashes" or "embedding" (NEAR_DUPLICATE), "embedding" (SIMILAR)."""
+    """The rule that fired: "sha256" (EXACT), "hashes", "embedding" or "keypoints" (NEAR_DUPLICATE), "embedding"
+    (SIMILAR).
+    """
     @_builtins.property
     def image(self) -> Global___Image:
         """The matching image (IMAGE_VIEW_BASIC unless the request asked for more)."""

@@ -1,0 +1,132 @@
+"""Geometric verification of a candidate pair: is one image a crop, a small rotation, a rescale or an edited
+copy of the other? Global hashes cannot say (a 10 % crop moves every 64-bit hash by ~20 bits), and an
+embedding cannot tell a crop from another photo of the same scene. Local features can:
+
+1. ORB keypoints on each image's grey copy (long side ``SIDE``), matched with Lowe's ratio test;
+2. a similarity transform (rotation, uniform scale, shift) fitted by RANSAC — the inliers must be many;
+3. the second image warped into the first one's frame, and the pixels compared *locally*: the share of the
+   textured overlap where the two agree (local normalised correlation over 15 px windows ≥ 0.5), which
+   must be high, and the overlap must cover most of one of the two images.
+
+Two frames of a stereo pair or two shots of one chessboard fit a transform with many inliers on one plane,
+but the rest of the picture disagrees once warped (agreement ≤ 0.75 in the benchmark); a crop, a 5°
+rotation, a watermark or a recompressed copy agrees almost everywhere (≥ 0.8). Pure CPU work: callers run it
+in a thread (OpenCV releases the GIL).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+SIDE = 512
+FEATURES = 500
+RATIO = 0.8
+RANSAC_PIXELS = 3.0
+WINDOW = 15
+MIN_TEXTURE = 25.0  # local variance below this is flat: it agrees with anything and proves nothing
+LOCAL_MATCH = 0.5
+MIN_OVERLAP = 0.5  # of the smaller image: a shared logo or poster is not a copy
+_MIN_MATCHES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Keypoints:
+    grey: NDArray[np.uint8]
+    points: NDArray[np.float32]
+    descriptors: NDArray[np.uint8] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Alignment:
+    """How one image maps onto another: RANSAC inliers, the share of the overlap whose pixels agree, and the
+    share of the smaller side the overlap covers."""
+
+    inliers: int = 0
+    agreement: float = 0.0
+    overlap: float = 0.0
+
+    def better(self, other: Alignment) -> Alignment:
+        return max(self, other, key=lambda a: (a.agreement, a.inliers))
+
+
+def keypoints(image: Image.Image) -> Keypoints:
+    """Features of an image (any mode, any size)."""
+    grey = image.convert("L")
+    if max(grey.size) > SIDE:
+        grey = grey.copy()
+        grey.thumbnail((SIDE, SIDE), Image.Resampling.BILINEAR)
+    array = np.asarray(grey, dtype=np.uint8)
+    everywhere = np.full(array.shape, 255, dtype=np.uint8)
+    found, descriptors = cv2.ORB.create(nfeatures=FEATURES, fastThreshold=10).detectAndCompute(array, everywhere)
+    points = np.array([k.pt for k in found], dtype=np.float32).reshape(-1, 2)
+    return Keypoints(array, points, None if descriptors is None else np.asarray(descriptors, dtype=np.uint8))
+
+
+def keypoints_of_bytes(data: bytes) -> Keypoints:
+    """Features of an encoded image (a stored thumbnail)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return keypoints(img)
+
+
+def align(a: Keypoints, b: Keypoints) -> Alignment:
+    """The better of the two directions (RANSAC is not symmetric)."""
+    first = _align(a, b)
+    return first if first.agreement >= 0.99 else first.better(_align(b, a))
+
+
+def _align(a: Keypoints, b: Keypoints) -> Alignment:
+    if a.descriptors is None or b.descriptors is None or min(len(a.points), len(b.points)) < _MIN_MATCHES:
+        return Alignment()
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < _MIN_MATCHES:
+        return Alignment()
+    src = a.points[[g.queryIdx for g in good]]
+    dst = b.points[[g.trainIdx for g in good]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=2000
+    )
+    if transform is None or mask is None:
+        return Alignment()
+    inliers = int(mask.sum())
+    scale = math.hypot(float(transform[0, 0]), float(transform[1, 0]))
+    if not 0.05 < scale < 20:
+        return Alignment(inliers)
+    return Alignment(inliers, *_agreement(a.grey, b.grey, transform, scale))
+
+
+def _agreement(
+    grey_a: NDArray[np.uint8], grey_b: NDArray[np.uint8], transform: NDArray[Any], scale: float
+) -> tuple[float, float]:
+    """(share of the textured overlap where the pixels agree, share of the smaller image the overlap covers)
+    with ``grey_b`` warped into ``grey_a``'s frame (``transform`` maps a's points onto b's)."""
+    h, w = grey_a.shape
+    flags = cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(grey_b, transform, (w, h), flags=cv2.INTER_LINEAR | flags, borderValue=(0,))
+    inside = cv2.warpAffine(np.ones_like(grey_b), transform, (w, h), flags=cv2.INTER_NEAREST | flags) > 0
+    area = float(inside.sum())
+    if area < WINDOW * WINDOW:
+        return 0.0, 0.0
+    overlap = max(area / (h * w), min(1.0, area * scale * scale / grey_b.size))
+    x = grey_a.astype(np.float32)
+    y = warped.astype(np.float32)
+    box = (WINDOW, WINDOW)
+    mx, my = cv2.blur(x, box), cv2.blur(y, box)
+    vx = cv2.blur(x * x, box) - mx * mx
+    vy = cv2.blur(y * y, box) - my * my
+    cxy = cv2.blur(x * y, box) - mx * my
+    interior = cv2.erode(inside.astype(np.uint8), np.ones(box, np.uint8)) > 0
+    textured = interior & (vx > MIN_TEXTURE) & (vy > MIN_TEXTURE)
+    if int(textured.sum()) < 50:
+        return 0.0, overlap
+    local = cxy[textured] / np.sqrt(vx[textured] * vy[textured])
+    return (float((local > LOCAL_MATCH).mean()) if overlap >= MIN_OVERLAP else 0.0), overlap
