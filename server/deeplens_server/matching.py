@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
@@ -33,6 +34,8 @@ INGEST_CANDIDATES = 20
 MAX_VERIFIED = 8
 # The stored thumbnail verification reads (the largest; imaging.THUMBNAIL_SIZES).
 VERIFY_THUMBNAIL = 600
+# Candidate features kept per process (~0.25 MB each).
+RECENT_KEYPOINTS = 128
 
 Key = tuple[str, str]
 QueryKeypoints = Callable[[], Keypoints]
@@ -125,6 +128,30 @@ async def _classify(
     return found
 
 
+class _RecentKeypoints:
+    """Features of recently verified candidates, by content: a cluster of look-alikes (a photo session, a
+    calibration run) has its members verified against each new arrival. Touched only from the event loop."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, str], Keypoints] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Keypoints | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str], value: Keypoints) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+_recent = _RecentKeypoints(RECENT_KEYPOINTS)
+
+
 async def _verify(
     backend: Backend, tenant_id: str, policy: DuplicatePolicy, query: QueryKeypoints, matches: Sequence[Match]
 ) -> list[Match]:
@@ -132,13 +159,21 @@ async def _verify(
     todo = sorted((m for m in matches if m.tier == SIMILAR), key=lambda m: -m.cosine)[:MAX_VERIFIED]
     if not todo:
         return list(matches)
+    known: dict[str, Keypoints] = {}
     thumbs: dict[str, bytes] = {}
     for sha in {m.sha256 for m in todo}:
+        cached = _recent.get((tenant_id, sha))
+        if cached is not None:
+            known[sha] = cached
+            continue
         try:
             thumbs[sha] = await backend.blobs.get_thumbnail(tenant_id, sha, VERIFY_THUMBNAIL)
         except NotFound:
             _log.warning("no thumbnail for %s; its match stays unverified", sha)
-    alignments = await asyncio.to_thread(_align_all, query, thumbs)
+    alignments = await asyncio.to_thread(_align_all, query, known, thumbs)
+    for sha in thumbs:
+        if sha in known:
+            _recent.put((tenant_id, sha), known[sha])
     out = []
     for m in matches:
         if m.sha256 in alignments and m in todo:
@@ -148,17 +183,19 @@ async def _verify(
     return out
 
 
-def _align_all(query: QueryKeypoints, thumbs: dict[str, bytes]) -> dict[str, tuple[int, float]]:
-    """(inliers, agreement) per candidate content (runs in a thread)."""
-    if not thumbs:
-        return {}
+def _align_all(
+    query: QueryKeypoints, known: dict[str, Keypoints], thumbs: dict[str, bytes]
+) -> dict[str, tuple[int, float]]:
+    """(inliers, agreement) per candidate content (runs in a thread); adds the features it computes to
+    ``known``."""
     mine = query()
-    out = {}
     for sha, data in thumbs.items():
         try:
-            other = keypoints_of_bytes(data)
+            known[sha] = keypoints_of_bytes(data)
         except (OSError, ValueError):
-            continue
+            _log.warning("unreadable thumbnail for %s; its match stays unverified", sha)
+    out = {}
+    for sha, other in known.items():
         found = align(mine, other)
         out[sha] = (found.inliers, round(found.agreement, 4))
     return out

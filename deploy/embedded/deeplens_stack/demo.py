@@ -105,7 +105,7 @@ def run_demo(stack: Stack) -> int:
 def show_duplicates(client: DeepLensClient, photos: dict[str, bytes]) -> bool:
     """Uploads copies of two photos (the same bytes, a mirrored one, a cropped and shrunk one) next to the
     originals, lists the duplicate groups and the storage report, and asks what the cropped copy is.
-    Returns whether the exact and the mirrored copy were grouped."""
+    Returns whether all three copies were grouped."""
     copies = {
         "coffee-again": photos["coffee"],
         "coffee-edited": edited_copy(photos["coffee"]),
@@ -127,10 +127,7 @@ def show_duplicates(client: DeepLensClient, photos: dict[str, bytes]) -> bool:
         for link in group.links:
             tier = resources_pb2.MatchTier.Name(link.tier).removeprefix("MATCH_TIER_")
             a, b = link.image_a.rsplit("/", 1)[1], link.image_b.rsplit("/", 1)[1]
-            print(
-                f"       {a} ~ {b}: {tier} by {link.rule} (pHash {link.scores.phash_distance}, "
-                f"dHash {link.scores.dhash_distance}, cosine {link.scores.cosine:.3f})"
-            )
+            print(f"       {a} ~ {b}: {tier} by {link.rule} ({_evidence(link.scores)})")
     report = client.search.GetStorageReport(
         search_service_pb2.GetStorageReportRequest(parent=f"tenants/{TENANT}"), metadata=client.metadata
     )
@@ -146,15 +143,20 @@ def show_duplicates(client: DeepLensClient, photos: dict[str, bytes]) -> bool:
         ),
         metadata=client.metadata,
     )
-    print("== FindDuplicates for coffee-edited (cropped 8 % a side): a crop moves the hashes, so it is")
+    print("== FindDuplicates for coffee-edited (cropped 8 % a side, shrunk): the crop moves every hash, the")
+    print("   keypoints align it onto the original and the pixels agree")
     for m in found.matches[:3]:
         tier = resources_pb2.MatchTier.Name(m.tier).removeprefix("MATCH_TIER_")
-        print(
-            f"   {tier:<15} {m.image.name:<54} by {m.rule} (cosine {m.scores.cosine:.3f}, "
-            f"pHash {m.scores.phash_distance}, detail {m.scores.detail_distance})"
-        )
+        print(f"   {tier:<15} {m.image.name:<54} by {m.rule} ({_evidence(m.scores)})")
     names = {m.name.rsplit("/", 1)[1] for g in groups.duplicate_groups for m in g.members}
-    return {"coffee-again", "rocket-mirrored"} <= names
+    return {"coffee-again", "coffee-edited", "rocket-mirrored"} <= names
+
+
+def _evidence(scores: resources_pb2.MatchScores) -> str:
+    text = f"pHash {scores.phash_distance}, dHash {scores.dhash_distance}, cosine {scores.cosine:.3f}"
+    if scores.keypoint_inliers:
+        text += f", {scores.keypoint_inliers} keypoints, {scores.keypoint_agreement:.0%} of pixels agree"
+    return text
 
 
 def mirrored(data: bytes) -> bytes:
