@@ -77,13 +77,14 @@ def keypoints_of_bytes(data: bytes) -> Keypoints:
         return keypoints(img)
 
 
-def align(a: Keypoints, b: Keypoints) -> Alignment:
-    """The better of the two directions (RANSAC is not symmetric)."""
-    first = _align(a, b)
-    return first if first.agreement >= 0.99 else first.better(_align(b, a))
+def align(a: Keypoints, b: Keypoints, *, min_inliers: int = 0) -> Alignment:
+    """The better of the two directions (RANSAC is not symmetric). Pixels are compared only when the fit has
+    at least ``min_inliers`` (the comparison is the costly part)."""
+    first = _align(a, b, min_inliers)
+    return first if first.agreement >= 0.99 else first.better(_align(b, a, min_inliers))
 
 
-def _align(a: Keypoints, b: Keypoints) -> Alignment:
+def _align(a: Keypoints, b: Keypoints, min_inliers: int) -> Alignment:
     if a.descriptors is None or b.descriptors is None or min(len(a.points), len(b.points)) < _MIN_MATCHES:
         return Alignment()
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
@@ -99,7 +100,7 @@ def _align(a: Keypoints, b: Keypoints) -> Alignment:
         return Alignment()
     inliers = int(mask.sum())
     scale = math.hypot(float(transform[0, 0]), float(transform[1, 0]))
-    if not 0.05 < scale < 20:
+    if inliers < min_inliers or not 0.05 < scale < 20:
         return Alignment(inliers)
     return Alignment(inliers, *_agreement(a.grey, b.grey, transform, scale))
 

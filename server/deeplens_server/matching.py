@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import asyncpg
 import numpy as np
@@ -30,8 +31,12 @@ MAX_CANDIDATES = 500
 # At ingest: the nearest 20 are plenty — groups are transitive, so a copy beyond them still joins through one
 # within — and each candidate costs the vector store a row to read back.
 INGEST_CANDIDATES = 20
-# SIMILAR candidates verified geometrically per query, most similar first (each costs ~10 ms of CPU).
-MAX_VERIFIED = 8
+# Candidates verified geometrically per query, most similar first: each costs ~10 ms of CPU the first time
+# (its thumbnail's keypoints; kept per process after) and ~2 ms after.
+MAX_VERIFIED = 20
+# Verification also looks below the SIMILAR threshold, down to this cosine: a heavy watermark or a crop of a
+# texture can move the embedding that far while the pixels still align.
+VERIFY_MIN_COSINE = 0.6
 # The stored thumbnail verification reads (the largest; imaging.THUMBNAIL_SIZES).
 VERIFY_THUMBNAIL = 600
 # Candidate features kept per process (~0.25 MB each).
@@ -57,6 +62,9 @@ async def find_matches(
 ) -> list[Match]:
     """Every candidate that is at least SIMILAR under ``policy``, strongest first. With ``hash_lookup`` off
     the caller runs the lookup itself (``late_matcher``, at ingest under the tenant's lock)."""
+    final = policy
+    if query_keypoints is not None:
+        policy = replace(policy, similar_min_cosine=min(policy.similar_min_cosine, VERIFY_MIN_COSINE))
     condition = milvus_expr(within(ImageFilter(), collection_id))
     hits = await backend.vectors.search(
         tenant_id, embedding, limit=candidates, condition=condition, exclude=exclude, timeout=timeout
@@ -79,8 +87,8 @@ async def find_matches(
             found[m.key] = m
     matches = list(found.values())
     if query_keypoints is not None:
-        matches = await _verify(backend, tenant_id, policy, query_keypoints, matches)
-    return ranked(matches)
+        matches = await _verify(backend, tenant_id, final, query_keypoints, matches)
+    return ranked([m for m in matches if m.tier != SIMILAR or m.cosine >= final.similar_min_cosine])
 
 
 def late_matcher(
@@ -170,7 +178,9 @@ async def _verify(
             thumbs[sha] = await backend.blobs.get_thumbnail(tenant_id, sha, VERIFY_THUMBNAIL)
         except NotFound:
             _log.warning("no thumbnail for %s; its match stays unverified", sha)
-    alignments = await asyncio.to_thread(_align_all, query, known, thumbs)
+    if not known and not thumbs:
+        return list(matches)
+    alignments = await asyncio.to_thread(_align_all, query, known, thumbs, policy.keypoint_min_inliers)
     for sha in thumbs:
         if sha in known:
             _recent.put((tenant_id, sha), known[sha])
@@ -184,7 +194,7 @@ async def _verify(
 
 
 def _align_all(
-    query: QueryKeypoints, known: dict[str, Keypoints], thumbs: dict[str, bytes]
+    query: QueryKeypoints, known: dict[str, Keypoints], thumbs: dict[str, bytes], min_inliers: int
 ) -> dict[str, tuple[int, float]]:
     """(inliers, agreement) per candidate content (runs in a thread); adds the features it computes to
     ``known``."""
@@ -196,6 +206,6 @@ def _align_all(
             _log.warning("unreadable thumbnail for %s; its match stays unverified", sha)
     out = {}
     for sha, other in known.items():
-        found = align(mine, other)
+        found = align(mine, other, min_inliers=min_inliers)
         out[sha] = (found.inliers, round(found.agreement, 4))
     return out
