@@ -5,7 +5,8 @@
     python3 dev.py test     # lint, type-check, generated-code check, then the test suite on a real stack
 
 Other commands: up, down, status (the embedded stack), gen (regenerate gRPC code), model (export ONNX),
-lock (rewrite requirements/lock.txt).
+lock (rewrite requirements/lock.txt), proto-lint (buf lint + breaking-change check against the last
+release), proto-release (record the contract as released: proto/releases/latest.binpb).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BUILD_VENV = ROOT / ".cache" / "model-build-venv"
 LOCK = ROOT / "requirements" / "lock.txt"
 MODEL_BUILD_REQS = ROOT / "requirements" / "model-build.txt"
 MODELS = ROOT / "triton_models"
+RELEASED_CONTRACT = ROOT / "proto" / "releases" / "latest.binpb"
 
 
 def _bin(env: Path, name: str) -> str:
@@ -77,6 +79,23 @@ def ensure_models() -> None:
     _run(_bin(BUILD_VENV, "python"), str(MODELS / "export_models.py"))
 
 
+def buf(*args: str) -> None:
+    """Runs the buf CLI, installed from npm on first use (package.json pins @bufbuild/buf exactly, and it pins
+    its per-platform binary packages exactly; a lock file would list every platform's, which npm ci insists on
+    finding in the registry)."""
+    stamp_text = hashlib.sha256((ROOT / "package.json").read_bytes()).hexdigest()
+    stamp = ROOT / "node_modules" / ".deeplens-installed"
+    if not stamp.exists() or stamp.read_text() != stamp_text:
+        _run("npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--loglevel=error")
+        stamp.write_text(stamp_text)
+    _run(str(ROOT / "node_modules" / ".bin" / "buf"), *args)
+
+
+def proto_lint() -> None:
+    buf("lint")
+    buf("breaking", "--against", str(RELEASED_CONTRACT.relative_to(ROOT)))
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     rest = argv[1:]
@@ -97,6 +116,13 @@ def main(argv: list[str]) -> int:
         header = "".join(line + "\n" for line in LOCK.read_text().splitlines() if line.startswith("#"))
         LOCK.write_text(header + frozen)
         return 0
+    if command == "proto-lint":
+        proto_lint()
+        return 0
+    if command == "proto-release":
+        RELEASED_CONTRACT.parent.mkdir(parents=True, exist_ok=True)
+        buf("build", "--path", "proto/deeplens", "--exclude-source-info", "-o", str(RELEASED_CONTRACT.relative_to(ROOT)))
+        return 0
     ensure_venv()
     py = _bin(VENV, "python")
     if command == "gen":
@@ -109,6 +135,7 @@ def main(argv: list[str]) -> int:
         _run(py, "-m", "ruff", "check", ".")
         _run(py, "-m", "ruff", "format", "--check", ".")
         _run(py, "-m", "mypy")
+        proto_lint()
         return subprocess.run([py, "-m", "pytest", *rest], cwd=ROOT).returncode
     if command in {"demo", "up", "down", "status"}:
         return subprocess.run([_bin(VENV, "deeplens-stack"), command, *rest], cwd=ROOT).returncode

@@ -1,7 +1,8 @@
-"""Regenerates the Python code for proto/deeplens/v1 (messages, gRPC stubs and typed .pyi stubs).
+"""Regenerates the Python code for proto/deeplens/v1 (messages, gRPC stubs and typed .pyi stubs), and the
+googleapis protos they import under proto/google (copied from googleapis-common-protos, Apache-2.0).
 
-    python proto/generate.py            # write into clients/python/deeplens/v1
-    python proto/generate.py --check    # exit 1 if the committed code differs from a fresh generation
+    python proto/generate.py            # write into clients/python/deeplens/v1 and proto/google
+    python proto/generate.py --check    # exit 1 if the committed files differ from a fresh generation
 
 The generated files are never edited by hand.
 """
@@ -70,6 +71,10 @@ def generate(out_root: Path) -> None:
     (out_root / PACKAGE_DIR / "py.typed").write_text("")
 
 
+def _vendored_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in (root / "google").rglob("*.proto")}
+
+
 def _generated_files(root: Path) -> set[str]:
     return {
         str(p.relative_to(root))
@@ -80,13 +85,19 @@ def _generated_files(root: Path) -> set[str]:
 
 def check() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp)
+        fresh = Path(tmp) / "code"
         generate(fresh)
         want, have = _generated_files(fresh), _generated_files(OUTPUT_ROOT)
         stale = sorted(want ^ have)
         stale += sorted(f for f in want & have if not filecmp.cmp(fresh / f, OUTPUT_ROOT / f, shallow=False))
+        vendored = _google_includes(Path(tmp) / "vendor")
+        want, have = _vendored_files(vendored), _vendored_files(PROTO_ROOT)
+        stale += sorted(f"proto/{f}" for f in want ^ have)
+        stale += sorted(
+            f"proto/{f}" for f in want & have if not filecmp.cmp(vendored / f, PROTO_ROOT / f, shallow=False)
+        )
     if stale:
-        print("generated code is stale; run `python proto/generate.py`:", *stale, sep="\n  ")
+        print("generated code is stale; run `python3 dev.py gen`:", *stale, sep="\n  ")
         return 1
     print("generated code is up to date")
     return 0
@@ -103,6 +114,11 @@ def main() -> int:
         shutil.rmtree(target)
     generate(OUTPUT_ROOT)
     print(f"wrote {target.relative_to(ROOT)}")
+    # The googleapis protos ours import, at their canonical paths inside the proto root, so that buf (and any
+    # other protoc-based tool) resolves every import offline.
+    shutil.rmtree(PROTO_ROOT / "google", ignore_errors=True)
+    _google_includes(PROTO_ROOT)
+    print("wrote proto/google (from googleapis-common-protos)")
     return 0
 
 
