@@ -121,7 +121,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "proto-release":
         RELEASED_CONTRACT.parent.mkdir(parents=True, exist_ok=True)
-        buf("build", "--path", "proto/deeplens", "--exclude-source-info", "-o", str(RELEASED_CONTRACT.relative_to(ROOT)))
+        snapshot = str(RELEASED_CONTRACT.relative_to(ROOT))
+        buf("build", "--path", "proto/deeplens", "--exclude-source-info", "-o", snapshot)
         return 0
     ensure_venv()
     py = _bin(VENV, "python")
