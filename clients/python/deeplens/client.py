@@ -1,10 +1,14 @@
-"""A small synchronous client over the generated stubs, with helpers for operations and error details."""
+"""The synchronous DeepLens client over the generated stubs: auth, deadlines, retries on UNAVAILABLE with
+backoff (gRPC's own retry policy, in the channel's service config), chunked uploads, operation waiting,
+paging helpers, and error details. ``deeplens.aio`` is the asyncio twin."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.longrunning import operations_pb2_grpc
@@ -23,6 +27,38 @@ from deeplens.v1 import (
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_MESSAGE_BYTES = 40 * 1024 * 1024
+CHUNK_BYTES = 1 << 20
+SERVICES = (
+    "deeplens.v1.SearchService",
+    "deeplens.v1.IngestService",
+    "deeplens.v1.AdminService",
+    "google.longrunning.Operations",
+)
+# Every call is retried while the server is UNAVAILABLE (restarting, overloaded, a connection dropped):
+# up to 5 attempts, backing off 0.2 s, 0.4 s, ... up to 5 s. Ingest requests carry a request_id, so a retried
+# ingest is not indexed twice.
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": s} for s in SERVICES],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", SERVICE_CONFIG),
+]
 
 
 def rpc_status(err: grpc.RpcError) -> status_pb2.Status | None:
@@ -45,6 +81,75 @@ def error_info(err: grpc.RpcError | status_pb2.Status) -> error_details_pb2.Erro
             detail.Unpack(info)
             return info
     return None
+
+
+def upload_requests(
+    parent: str,
+    images: Iterable[tuple[bytes, str, Sequence[str]]],
+    *,
+    request_id: str = "",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[ingest_service_pb2.UploadImagesRequest]:
+    """The UploadImages stream for (content, image_id, tags) triples: a header, then each image in chunks."""
+    yield ingest_service_pb2.UploadImagesRequest(
+        header=ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
+    )
+    for item, (content, image_id, tags) in enumerate(images):
+        offsets = range(0, max(len(content), 1), chunk_bytes)
+        for n, start in enumerate(offsets):
+            chunk = ingest_service_pb2.ImageChunk(
+                item=item, data=content[start : start + chunk_bytes], last=n == len(offsets) - 1
+            )
+            if n == 0:
+                chunk.image_id = image_id
+                chunk.tags.extend(tags)
+            yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
+
+
+def file_upload_requests(
+    parent: str,
+    files: Iterable[tuple[Path, str]],
+    *,
+    tags: Sequence[str] = (),
+    request_id: str = "",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[ingest_service_pb2.UploadImagesRequest]:
+    """The UploadImages stream for (path, image_id) pairs, read chunk by chunk: no file is held in memory."""
+    yield ingest_service_pb2.UploadImagesRequest(
+        header=ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
+    )
+    for item, (path, image_id) in enumerate(files):
+        with path.open("rb") as f:
+            data = f.read(chunk_bytes)
+            first = True
+            while True:
+                following = f.read(chunk_bytes)
+                chunk = ingest_service_pb2.ImageChunk(item=item, data=data, last=not following)
+                if first:
+                    chunk.image_id = image_id
+                    chunk.tags.extend(tags)
+                    first = False
+                yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
+                if not following:
+                    break
+                data = following
+
+
+class _Page(Protocol):
+    next_page_token: str
+
+
+P = TypeVar("P", bound=_Page)
+
+
+def pages(call: Callable[[Any], P], request: Any) -> Iterator[P]:
+    """Every page of a List call (AIP-158): ``request`` is sent again with each next_page_token."""
+    while True:
+        page = call(request)
+        yield page
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token
 
 
 def operation_metadata(operation: operations_pb2.Operation) -> resources_pb2.OperationMetadata:
@@ -75,10 +180,7 @@ class DeepLensClient:
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
     ) -> None:
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
+        options = CHANNEL_OPTIONS
         if root_certificates is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -151,26 +253,25 @@ class DeepLensClient:
         images: Iterable[tuple[bytes, str, Sequence[str]]],
         *,
         request_id: str = "",
-        chunk_bytes: int = 1 << 20,
+        chunk_bytes: int = CHUNK_BYTES,
         timeout: float | None = None,
     ) -> operations_pb2.Operation:
         """Uploads (content, image_id, tags) triples as one operation, each image in chunks of ``chunk_bytes``."""
+        requests = upload_requests(parent, images, request_id=request_id, chunk_bytes=chunk_bytes)
+        return self.ingest.UploadImages(requests, metadata=self._metadata, timeout=timeout or self._timeout)
 
-        def requests() -> Iterator[ingest_service_pb2.UploadImagesRequest]:
-            header = ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
-            yield ingest_service_pb2.UploadImagesRequest(header=header)
-            for item, (content, image_id, tags) in enumerate(images):
-                offsets = range(0, max(len(content), 1), chunk_bytes)
-                for n, start in enumerate(offsets):
-                    chunk = ingest_service_pb2.ImageChunk(
-                        item=item, data=content[start : start + chunk_bytes], last=n == len(offsets) - 1
-                    )
-                    if n == 0:
-                        chunk.image_id = image_id
-                        chunk.tags.extend(tags)
-                    yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
-
-        return self.ingest.UploadImages(requests(), metadata=self._metadata, timeout=timeout or self._timeout)
+    def upload_files(
+        self,
+        parent: str,
+        files: Iterable[tuple[Path, str]],
+        *,
+        tags: Sequence[str] = (),
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> operations_pb2.Operation:
+        """Uploads (path, image_id) pairs as one operation, streaming each file in chunks."""
+        requests = file_upload_requests(parent, files, tags=tags, request_id=request_id)
+        return self.ingest.UploadImages(requests, metadata=self._metadata, timeout=timeout or self._timeout)
 
     def get_operation(self, name: str) -> operations_pb2.Operation:
         request = operations_pb2.GetOperationRequest(name=name)
@@ -206,3 +307,54 @@ class DeepLensClient:
         if image_name is not None:
             request.image_name = image_name
         return self.search.SearchImages(request, metadata=self._metadata, timeout=self._timeout)
+
+    def find_duplicates(
+        self, parent: str, *, image_name: str = "", image_content: bytes = b"", include_similar: bool = False
+    ) -> search_service_pb2.FindDuplicatesResponse:
+        request = search_service_pb2.FindDuplicatesRequest(parent=parent, include_similar=include_similar)
+        if image_name:
+            request.image_name = image_name
+        else:
+            request.image_content = image_content
+        return self.search.FindDuplicates(request, metadata=self._metadata, timeout=self._timeout)
+
+    def get_storage_report(self, parent: str) -> search_service_pb2.GetStorageReportResponse:
+        request = search_service_pb2.GetStorageReportRequest(parent=parent)
+        return self.search.GetStorageReport(request, metadata=self._metadata, timeout=self._timeout)
+
+    def _list(self, method: Any) -> Callable[[Any], Any]:
+        return lambda request: method(request, metadata=self._metadata, timeout=self._timeout)
+
+    def iter_duplicate_groups(
+        self, parent: str, *, include_resolved: bool = False, page_size: int = 100
+    ) -> Iterator[resources_pb2.DuplicateGroup]:
+        request = search_service_pb2.ListDuplicateGroupsRequest(
+            parent=parent, include_resolved=include_resolved, page_size=page_size
+        )
+        for page in pages(self._list(self.search.ListDuplicateGroups), request):
+            yield from page.duplicate_groups
+
+    def iter_images(self, parent: str, *, page_size: int = 100) -> Iterator[resources_pb2.Image]:
+        request = search_service_pb2.ListImagesRequest(parent=parent, page_size=page_size)
+        for page in pages(self._list(self.search.ListImages), request):
+            yield from page.images
+
+    def iter_tenants(self, *, page_size: int = 100) -> Iterator[resources_pb2.Tenant]:
+        request = admin_service_pb2.ListTenantsRequest(page_size=page_size)
+        for page in pages(self._list(self.admin.ListTenants), request):
+            yield from page.tenants
+
+    def iter_api_keys(self, tenant: str, *, page_size: int = 100) -> Iterator[resources_pb2.ApiKey]:
+        request = admin_service_pb2.ListApiKeysRequest(parent=f"tenants/{tenant}", page_size=page_size)
+        for page in pages(self._list(self.admin.ListApiKeys), request):
+            yield from page.api_keys
+
+    def revoke_api_key(self, name: str) -> resources_pb2.ApiKey:
+        request = admin_service_pb2.RevokeApiKeyRequest(name=name)
+        return self.admin.RevokeApiKey(request, metadata=self._metadata, timeout=self._timeout).api_key
+
+    def scan_storage_location(
+        self, name: str, *, prefix: str = "", collection_id: str = ""
+    ) -> operations_pb2.Operation:
+        request = ingest_service_pb2.ScanStorageLocationRequest(name=name, prefix=prefix, collection_id=collection_id)
+        return self.ingest.ScanStorageLocation(request, metadata=self._metadata, timeout=self._timeout)

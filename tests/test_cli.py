@@ -1,0 +1,106 @@
+"""The `deeplens` command and the asyncio client against the live stack: ingest a folder with progress,
+search with a results table, duplicate groups and the storage report (tables and JSON), tenants and keys,
+and errors as one line with the reason — never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from deeplens.aio import AsyncDeepLensClient
+from deeplens.client import ingest_response, operation_metadata
+from deeplens_stack import Stack
+
+CLI = str(Path(sys.executable).parent / "deeplens")
+
+
+def _cli(stack: Stack, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"DEEPLENS_TARGET": stack.config.grpc_target, "DEEPLENS_API_KEY": key}
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.stack
+def test_cli_end_to_end(stack: Stack, photos: dict[str, bytes], tmp_path: Path) -> None:
+    admin = stack.admin_key()
+    tenant = f"cli{uuid.uuid4().hex[:10]}"
+    created = _cli(stack, admin, "--json", "tenants", "create", tenant, "--display-name", "CLI test")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)[0]["name"] == f"tenants/{tenant}"
+    made = _cli(stack, admin, "--json", "keys", "create", tenant, "--role", "editor", "--display-name", "cli")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["secret"]
+    listed = _cli(stack, admin, "keys", "list", tenant)
+    assert "editor" in listed.stdout
+    assert "active" in listed.stdout
+
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    (folder / "coffee.png").write_bytes(photos["coffee"])
+    (folder / "rocket.jpg").write_bytes(photos["rocket"])
+    (folder / "more" / "coffee copy.png").write_bytes(photos["coffee"])
+    (folder / "notes.txt").write_text("not an image")
+    parent = f"tenants/{tenant}/collections/cli"
+    ingested = _cli(stack, key, "ingest", parent, str(folder), "--tags", "cli,test")
+    assert ingested.returncode == 0, ingested.stderr
+    assert "3 indexed, 0 failed, 1 duplicates" in ingested.stdout
+    assert "100% 3/3" in ingested.stderr  # the progress bar, one line per change off a terminal
+
+    found = _cli(stack, key, "search", f"tenants/{tenant}", "--file", str(folder / "rocket.jpg"), "--top-k", "2")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "image", "size", "format"]
+    assert lines[2].split()[:3] == ["1", "1.000", f"{parent}/images/rocket"]
+
+    groups = _cli(stack, key, "--json", "duplicates", f"tenants/{tenant}")
+    assert groups.returncode == 0, groups.stderr
+    (group,) = json.loads(groups.stdout)
+    assert {m["name"] for m in group["members"]} == {f"{parent}/images/coffee", f"{parent}/images/more_coffee_copy"}
+    table = _cli(stack, key, "duplicates", f"tenants/{tenant}")
+    assert "1 groups" in table.stdout
+    assert "exact" in table.stdout
+    report = _cli(stack, key, "storage", f"tenants/{tenant}")
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.splitlines()[2].split()[:2] == ["total", "3"]
+
+    # Errors: one line, the code and the reason, exit 1; a bad path, exit 2; never a traceback.
+    denied = _cli(stack, key, "search", "tenants/someone-else", "--name", "tenants/someone-else/collections/c/images/x")
+    assert denied.returncode == 1
+    assert denied.stderr.strip().startswith("deeplens: PERMISSION_DENIED:")
+    assert "(TENANT_MISMATCH)" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1
+    missing = _cli(stack, key, "ingest", parent, str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert "no such file or folder" in missing.stderr
+    for run in (denied, missing):
+        assert "Traceback" not in run.stderr
+
+
+@pytest.mark.stack
+def test_async_client_ingests_waits_and_searches(stack: Stack, photos: dict[str, bytes]) -> None:
+    admin = stack.admin_key()
+    tenant = f"aio{uuid.uuid4().hex[:10]}"
+    assert _cli(stack, admin, "tenants", "create", tenant).returncode == 0
+    key = json.loads(_cli(stack, admin, "--json", "keys", "create", tenant, "--role", "editor").stdout)["secret"]
+
+    async def scenario() -> tuple[str, str, int, str]:
+        async with AsyncDeepLensClient(stack.config.grpc_target, api_key=key) as client:
+            parent = f"tenants/{tenant}/collections/aio"
+            op = await client.ingest_image(parent, photos["camera"], image_id="camera")
+            done = await client.wait_operation(op.name, timeout=120)
+            state = operation_metadata(done).state
+            hits = await client.search_images(f"tenants/{tenant}", image_content=photos["camera"], top_k=1)
+            uploaded = await client.upload_images(parent, [(photos["camera"], "camera-again", ["x"])])
+            await client.wait_operation(uploaded.name, timeout=120)
+            groups = [g async for g in client.iter_duplicate_groups(f"tenants/{tenant}")]
+            return ingest_response(done).image.name, hits.results[0].image.name, len(groups), str(state)
+
+    indexed, top, groups, state = asyncio.run(scenario())
+    assert indexed == top == f"tenants/{tenant}/collections/aio/images/camera"
+    assert groups == 1
+    assert state != "0"
