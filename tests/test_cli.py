@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -18,6 +19,7 @@ from deeplens.client import ingest_response, operation_metadata
 from deeplens_stack import Stack
 
 CLI = str(Path(sys.executable).parent / "deeplens")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(stack: Stack, key: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,3 +106,23 @@ def test_async_client_ingests_waits_and_searches(stack: Stack, photos: dict[str,
     assert indexed == top == f"tenants/{tenant}/collections/aio/images/camera"
     assert groups == 1
     assert state != "0"
+
+
+def test_python_client_installs_on_its_own(tmp_path: Path) -> None:
+    """`pip install ./clients/python` into an empty environment: grpcio, protobuf and googleapis-common-protos
+    come along, nothing of the server does, and the package and its command work."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "clients" / "python", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
+    py = str(env_dir / "bin" / "python")
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(source)], check=True, timeout=600, capture_output=True)
+    installed = subprocess.run([py, "-m", "pip", "list", "--format=json"], check=True, capture_output=True, text=True)
+    names = {p["name"].lower() for p in json.loads(installed.stdout)}
+    assert {"deeplens-client", "grpcio", "protobuf", "googleapis-common-protos"} <= names
+    assert not names & {"deeplens", "asyncpg", "pymilvus", "pillow", "numpy", "tritonclient", "arq"}
+    probe = "import deeplens.aio, deeplens.client; from deeplens.v1 import search_service_pb2_grpc; print('ok')"
+    assert subprocess.run([py, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "ok"
+    usage = subprocess.run([str(env_dir / "bin" / "deeplens"), "--help"], capture_output=True, text=True, check=True)
+    assert "duplicates" in usage.stdout

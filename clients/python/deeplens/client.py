@@ -300,8 +300,10 @@ class DeepLensClient:
         image_name: str | None = None,
         top_k: int = 10,
         min_score: float = 0.0,
+        view: resources_pb2.ImageView.ValueType = resources_pb2.IMAGE_VIEW_BASIC,
     ) -> search_service_pb2.SearchImagesResponse:
-        request = search_service_pb2.SearchImagesRequest(parent=parent, top_k=top_k, min_score=min_score)
+        """Images like the given bytes or indexed image; ``view=IMAGE_VIEW_FULL`` adds hashes and EXIF."""
+        request = search_service_pb2.SearchImagesRequest(parent=parent, top_k=top_k, min_score=min_score, view=view)
         if image_content is not None:
             request.image_content = image_content
         if image_name is not None:
