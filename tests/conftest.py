@@ -7,10 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,15 +22,55 @@ from deeplens.client import DeepLensClient
 from deeplens.v1 import resources_pb2
 from deeplens_stack import Stack, StackConfig
 from deeplens_stack.photos import sample_photos
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 TEST_PORT_BASE = int(os.environ.get("DEEPLENS_TEST_PORT_BASE", "47000"))
 
 
+class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver in the test process: the stack's server and worker export their spans here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: deque[tuple[str, Any]] = deque(maxlen=200_000)
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    self._spans.extend((attrs.get("service.name", ""), s) for s in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def trace(self, trace_id: bytes) -> list[tuple[str, Any]]:
+        """(service, span) of every span received for one trace."""
+        with self._lock:
+            return [(service, s) for service, s in self._spans if s.trace_id == trace_id]
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def span_sink() -> Iterator[tuple[SpanSink, str]]:
+    sink = SpanSink()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield sink, f"http://127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, span_sink: tuple[SpanSink, str]) -> Iterator[Stack]:
     data_dir = Path(tmp_path_factory.mktemp("stack"))
     # Short job limits: arq hands a dead worker's job to another only after the longest limit + 10 s.
-    environ = {**os.environ, "DEEPLENS_JOB_TIMEOUT_SECONDS": "15"}
+    # Traces go to the in-process OTLP receiver, exported every 200 ms.
+    environ = {
+        **os.environ,
+        "DEEPLENS_JOB_TIMEOUT_SECONDS": "15",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": span_sink[1],
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
     stack = Stack(StackConfig(data_dir=data_dir, port_base=TEST_PORT_BASE, durable=False, environ=environ))
     try:
         stack.up(timeout=240)

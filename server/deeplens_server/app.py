@@ -18,6 +18,7 @@ from deeplens.v1 import (
 from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from deeplens_server import auth
 from deeplens_server.access import AccessControl
@@ -29,6 +30,7 @@ from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.interceptors import RequestContextInterceptor
 from deeplens_server.ratelimit import RateLimiter
+from deeplens_server.telemetry import setup_tracing, shutdown_tracing
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ def build_server(backend: Backend, health_servicer: health.aio.HealthServicer) -
         default_requests_per_second=settings.default_requests_per_second,
     )
     server = grpc.aio.server(
-        interceptors=[RequestContextInterceptor(access)],
+        # The tracing interceptor first, so a call's span covers admission and errors too.
+        interceptors=[aio_server_interceptor(), RequestContextInterceptor(access)],  # type: ignore[no-untyped-call]
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -94,6 +97,7 @@ async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT: then reports NOT_SERVING, drains for the grace period, closes pools."""
+    setup_tracing("deeplens-server")
     backend = await Backend.open(settings)
     await install_bootstrap_key(backend)
     health_servicer = health.aio.HealthServicer()
@@ -112,4 +116,5 @@ async def serve(settings: Settings) -> None:
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.shutdown_grace_seconds)
         await backend.close()
+        shutdown_tracing()
         _log.info("stopped")

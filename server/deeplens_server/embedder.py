@@ -7,9 +7,11 @@ import asyncio
 import numpy as np
 import tritonclient.grpc.aio as triton
 from numpy.typing import NDArray
+from opentelemetry.trace import SpanKind
 from tritonclient.utils import InferenceServerException
 
 from deeplens_server.errors import Unavailable
+from deeplens_server.telemetry import span
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
@@ -47,13 +49,14 @@ class Embedder:
         tensor = triton.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
-            result = await self._client.infer(
-                self.model,
-                [tensor],
-                model_version=self.version,
-                outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
-                client_timeout=timeout,
-            )
+            with span("triton.infer", SpanKind.CLIENT, model=self.model_id, batch=int(batch.shape[0])):
+                result = await self._client.infer(
+                    self.model,
+                    [tensor],
+                    model_version=self.version,
+                    outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
+                    client_timeout=timeout,
+                )
         except InferenceServerException as exc:
             raise Unavailable("the embedding service is unavailable", reason="EMBEDDING_UNAVAILABLE") from exc
         out = result.as_numpy(OUTPUT_NAME)

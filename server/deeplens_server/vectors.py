@@ -12,14 +12,16 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
+from opentelemetry.trace import SpanKind
 from pymilvus import AsyncMilvusClient, DataType, MilvusClient, MilvusException
 
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.repository import ImageRecord
+from deeplens_server.telemetry import span
 
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -106,6 +108,22 @@ def _schema(client: MilvusClient, vector_field: str, dim: int) -> Any:
     return schema
 
 
+class _Traced:
+    """The Milvus client with a span around each call (``milvus.search``, ``milvus.upsert``, ...)."""
+
+    def __init__(self, client: AsyncMilvusClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            with span(f"milvus.{name}", SpanKind.CLIENT, **{"db.system": "milvus", "db.operation": name}):
+                return await method(*args, **kwargs)
+
+        return call
+
+
 class VectorIndex:
     """Two collections: embeddings (one per model version) and colour histograms (model-independent)."""
 
@@ -158,7 +176,7 @@ class VectorIndex:
     def _c(self) -> AsyncMilvusClient:
         if self._client is None:
             raise RuntimeError("VectorIndex.open() was not called")
-        return self._client
+        return cast(AsyncMilvusClient, _Traced(self._client))
 
     @staticmethod
     def _pk(tenant_id: str, collection_id: str, image_id: str) -> str:

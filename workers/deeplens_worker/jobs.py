@@ -16,8 +16,10 @@ from deeplens_server.errors import DeepLensError, Unavailable
 from deeplens_server.operations import KIND_PURGE_TENANT, KIND_SCAN_LOCATION
 from deeplens_server.queue import INGEST_ITEM_JOB
 from deeplens_server.status import to_rpc_status
+from deeplens_server.telemetry import setup_tracing, shutdown_tracing, span
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 
 from deeplens_worker import pipeline, purge, scan
 
@@ -31,11 +33,14 @@ def backoff_seconds(job_try: int) -> float:
     return base * random.uniform(0.5, 1.5)
 
 
-async def _run(ctx: dict[str, Any], step: Callable[[Backend], Awaitable[object]], carrier: dict[str, str]) -> str:
-    """Runs a job step under its trace context; transient failures raise ``Retry`` with backoff."""
+async def _run(
+    ctx: dict[str, Any], step: Callable[[Backend], Awaitable[object]], carrier: dict[str, str], name: str
+) -> str:
+    """Runs a job step in a span under the trace context the job carries (the request that queued it)."""
     token = otel_context.attach(propagate.extract(carrier))
     try:
-        await step(ctx["backend"])
+        with span(f"job.{name}", SpanKind.CONSUMER, job_try=int(ctx.get("job_try", 1))):
+            await step(ctx["backend"])
         return "done"
     finally:
         otel_context.detach(token)
@@ -55,7 +60,8 @@ async def ingest_item(
     ctx: dict[str, Any], tenant_id: str, operation_id: str, item: int, trace_carrier: dict[str, str]
 ) -> str:
     try:
-        return await _run(ctx, lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item), trace_carrier)
+        step = lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item)  # noqa: E731
+        return await _run(ctx, step, trace_carrier, "ingest_item")
     except Unavailable as exc:
         failure: DeepLensError = exc
     except Exception:  # a defect or an unexpected OS error: retried, then a dead letter — never a hung item
@@ -71,7 +77,8 @@ async def ingest_item(
 async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
     backend: Backend = ctx["backend"]
     try:
-        return await _run(ctx, lambda b: scan.scan_location(b, tenant_id, operation_id, trace_carrier), trace_carrier)
+        step = lambda b: scan.scan_location(b, tenant_id, operation_id, trace_carrier)  # noqa: E731
+        return await _run(ctx, step, trace_carrier, "scan_location")
     except Unavailable as exc:
         retry = _retry_or_none(ctx, exc, f"scan {tenant_id}/{operation_id}")
         if retry is not None:
@@ -86,7 +93,7 @@ async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, 
 
 async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
     try:
-        return await _run(ctx, lambda b: purge.purge_tenant(b, tenant_id, operation_id), trace_carrier)
+        return await _run(ctx, lambda b: purge.purge_tenant(b, tenant_id, operation_id), trace_carrier, "purge_tenant")
     except Unavailable as exc:
         retry = _retry_or_none(ctx, exc, f"purge {tenant_id}")
         if retry is not None:
@@ -96,6 +103,7 @@ async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, t
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    setup_tracing("deeplens-worker")
     ctx["backend"] = await Backend.open(ctx["settings"])
 
 
@@ -103,6 +111,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     backend: Backend | None = ctx.get("backend")
     if backend is not None:
         await backend.close()
+    shutdown_tracing()
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

@@ -168,6 +168,8 @@ class DeepLensClient:
     """Calls DeepLens with one API key. ``timeout`` is the default deadline per call, in seconds.
 
     ``root_certificates`` (PEM) switches to TLS; add ``certificate_chain`` and ``private_key`` for mutual TLS.
+    ``interceptors`` (grpc client interceptors) wrap the channel. To trace calls end to end, instrument the
+    process with OpenTelemetry (``GrpcInstrumentorClient().instrument()``); the server continues the trace.
     """
 
     def __init__(
@@ -179,13 +181,15 @@ class DeepLensClient:
         root_certificates: bytes | None = None,
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         options = CHANNEL_OPTIONS
         if root_certificates is None:
-            self._channel = grpc.insecure_channel(target, options=options)
+            channel = grpc.insecure_channel(target, options=options)
         else:
             credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout = timeout
         self.search = search_service_pb2_grpc.SearchServiceStub(self._channel)
