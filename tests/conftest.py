@@ -127,6 +127,7 @@ def start_extra_server(stack: Stack, port: int, env: dict[str, str]) -> subproce
     """A second ``deeplens-server`` on the stack's stores, listening on ``port``, with extra environment."""
     full = stack.child_env()
     full["DEEPLENS_GRPC_LISTEN"] = f"127.0.0.1:{port}"
+    full["DEEPLENS_METRICS_LISTEN"] = ""  # the stack's server holds the metrics port
     full.update(env)
     return subprocess.Popen(
         [sys.executable, "-m", "deeplens_server"], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

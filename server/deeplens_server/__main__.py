@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from deeplens_server.app import serve
 from deeplens_server.config import Settings
+from deeplens_server.logs import configure_logging
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(Settings()))
+    settings = Settings()
+    configure_logging(settings.log_format)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from deeplens_server import auth
+from deeplens_server import auth, metrics
 from deeplens_server.access import AccessControl
 from deeplens_server.api.admin import AdminServicer
 from deeplens_server.api.ingest import IngestServicer
@@ -29,6 +29,7 @@ from deeplens_server.api.search import SearchServicer
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.interceptors import RequestContextInterceptor
+from deeplens_server.metrics import serve_metrics
 from deeplens_server.ratelimit import RateLimiter
 from deeplens_server.telemetry import setup_tracing, shutdown_tracing
 
@@ -95,9 +96,20 @@ async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
         await servicer.set(name, status)
 
 
+async def _refresh_gauges(backend: Backend, every: float = 5.0) -> None:
+    """Keeps the gauges read from the stores current (the queue's depth)."""
+    while True:
+        try:
+            metrics.QUEUE_DEPTH.set(await backend.queue.depth())
+        except Exception:  # a store hiccup must not end the loop; the gauge keeps its last value
+            _log.debug("could not refresh gauges", exc_info=True)
+        await asyncio.sleep(every)
+
+
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT: then reports NOT_SERVING, drains for the grace period, closes pools."""
     setup_tracing("deeplens-server")
+    serve_metrics(settings.metrics_listen)
     backend = await Backend.open(settings)
     await install_bootstrap_key(backend)
     health_servicer = health.aio.HealthServicer()
@@ -107,6 +119,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    gauges = asyncio.create_task(_refresh_gauges(backend)) if settings.metrics_listen else None
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     _log.info("serving on %s", settings.grpc_listen)
     try:
@@ -115,6 +128,8 @@ async def serve(settings: Settings) -> None:
         _log.info("shutting down: draining for up to %.0f s", settings.shutdown_grace_seconds)
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(settings.shutdown_grace_seconds)
+        if gauges is not None:
+            gauges.cancel()
         await backend.close()
         shutdown_tracing()
         _log.info("stopped")

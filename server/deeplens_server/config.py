@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     milvus_token: str = ""
     triton_url: str = "127.0.0.1:50801"
     grpc_listen: str = "127.0.0.1:50051"
+    # Prometheus /metrics endpoints (host:port; empty = off): the server's, and a worker's.
+    metrics_listen: str = ""
+    # "json" (one object per line, with trace and tenant ids) or "text".
+    log_format: str = "json"
+    worker_metrics_listen: str = ""
     # Root for uploaded originals: a local directory (or a shared mount in a cluster).
     blob_root: Path = Path(".deeplens/blobs")
 

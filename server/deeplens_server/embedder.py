@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as triton
@@ -11,10 +12,18 @@ from opentelemetry.trace import SpanKind
 from tritonclient.utils import InferenceServerException
 
 from deeplens_server.errors import Unavailable
+from deeplens_server.metrics import TRITON_SECONDS
 from deeplens_server.telemetry import span
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    name: str
+    version: str
+    state: str
 
 
 class Embedder:
@@ -29,6 +38,17 @@ class Embedder:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def repository_index(self) -> list[RepositoryEntry]:
+        """Every model version the inference server's repository holds, with its state ("READY", ...)."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True)
+        except InferenceServerException as exc:
+            raise Unavailable("the embedding service is unavailable", reason="EMBEDDING_UNAVAILABLE") from exc
+        return [
+            RepositoryEntry(str(m.get("name", "")), str(m.get("version", "")), str(m.get("state", "")))
+            for m in (index or {}).get("models", [])
+        ]
 
     async def ready(self) -> bool:
         try:
@@ -49,7 +69,10 @@ class Embedder:
         tensor = triton.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
-            with span("triton.infer", SpanKind.CLIENT, model=self.model_id, batch=int(batch.shape[0])):
+            with (
+                span("triton.infer", SpanKind.CLIENT, model=self.model_id, batch=int(batch.shape[0])),
+                TRITON_SECONDS.time(),
+            ):
                 result = await self._client.infer(
                     self.model,
                     [tensor],

@@ -5,12 +5,13 @@ Handlers see only the resulting ``Principal`` (``tenancy``); nothing in a reques
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
 
-from deeplens_server import status
+from deeplens_server import metrics, status
 from deeplens_server.access import AccessControl
 from deeplens_server.errors import DeepLensError
 from deeplens_server.policy import MethodPolicy
@@ -39,6 +40,7 @@ class _Call:
         self.metadata = metadata
         self.principal: Principal | None = None
         self.policy: MethodPolicy | None = None
+        self.start = time.perf_counter()
 
     async def admit(self) -> None:
         self.policy = self.access.policy(self.method)
@@ -48,6 +50,8 @@ class _Call:
         await self.access.authorize(self.principal, self.policy, rps)
 
     async def finish(self, request: Any, exc: BaseException | None) -> None:
+        metrics.RPCS.labels(self.method, _outcome(exc)).inc()
+        metrics.RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.start)
         if self.principal is not None and self.policy is not None and self.policy.mutating:
             await self.access.audit(self.principal, self.method, request, _outcome(exc))
 

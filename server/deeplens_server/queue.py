@@ -32,6 +32,10 @@ class JobQueue:
     def redis(self) -> ArqRedis:
         return self._redis
 
+    async def depth(self) -> int:
+        """Jobs waiting (queued or deferred for a retry), across tenants."""
+        return int(await self._redis.zcard(self._queue_name))
+
     async def enqueue_items(
         self, tenant_id: str, operation_id: str, items: list[int], generation: int, trace_carrier: dict[str, str]
     ) -> None:

@@ -37,6 +37,11 @@ def set_principal(principal: Principal | None) -> None:
     _principal.set(principal)
 
 
+def principal_or_none() -> Principal | None:
+    """The calling principal, or None outside an RPC (logging asks)."""
+    return _principal.get()
+
+
 def current_principal() -> Principal:
     principal = _principal.get()
     if principal is None:

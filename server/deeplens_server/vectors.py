@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 from pymilvus import AsyncMilvusClient, DataType, MilvusClient, MilvusException
 
 from deeplens_server.errors import NotFound, Unavailable
+from deeplens_server.metrics import MILVUS_SECONDS
 from deeplens_server.repository import ImageRecord
 from deeplens_server.telemetry import span
 
@@ -118,7 +119,10 @@ class _Traced:
         method = getattr(self._client, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            with span(f"milvus.{name}", SpanKind.CLIENT, **{"db.system": "milvus", "db.operation": name}):
+            with (
+                span(f"milvus.{name}", SpanKind.CLIENT, **{"db.system": "milvus", "db.operation": name}),
+                MILVUS_SECONDS.labels(name).time(),
+            ):
                 return await method(*args, **kwargs)
 
         return call

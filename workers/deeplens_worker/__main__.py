@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-
 from arq.worker import Worker
 from deeplens_server.config import Settings
+from deeplens_server.logs import configure_logging
 
 from deeplens_worker.jobs import worker_options
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Worker(**worker_options(Settings())).run()
+    settings = Settings()
+    configure_logging(settings.log_format)
+    Worker(**worker_options(settings)).run()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from arq.worker import func as arq_func
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.errors import DeepLensError, Unavailable
+from deeplens_server.logs import bind_tenant, unbind_tenant
+from deeplens_server.metrics import serve_metrics
 from deeplens_server.operations import KIND_PURGE_TENANT, KIND_SCAN_LOCATION
 from deeplens_server.queue import INGEST_ITEM_JOB
 from deeplens_server.status import to_rpc_status
@@ -34,15 +36,22 @@ def backoff_seconds(job_try: int) -> float:
 
 
 async def _run(
-    ctx: dict[str, Any], step: Callable[[Backend], Awaitable[object]], carrier: dict[str, str], name: str
+    ctx: dict[str, Any],
+    step: Callable[[Backend], Awaitable[object]],
+    carrier: dict[str, str],
+    name: str,
+    tenant_id: str,
 ) -> str:
-    """Runs a job step in a span under the trace context the job carries (the request that queued it)."""
+    """Runs a job step in a span under the trace context the job carries (the request that queued it), with
+    the tenant named in its logs."""
     token = otel_context.attach(propagate.extract(carrier))
+    tenant = bind_tenant(tenant_id)
     try:
         with span(f"job.{name}", SpanKind.CONSUMER, job_try=int(ctx.get("job_try", 1))):
             await step(ctx["backend"])
         return "done"
     finally:
+        unbind_tenant(tenant)
         otel_context.detach(token)
 
 
@@ -61,7 +70,7 @@ async def ingest_item(
 ) -> str:
     try:
         step = lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item)  # noqa: E731
-        return await _run(ctx, step, trace_carrier, "ingest_item")
+        return await _run(ctx, step, trace_carrier, "ingest_item", tenant_id)
     except Unavailable as exc:
         failure: DeepLensError = exc
     except Exception:  # a defect or an unexpected OS error: retried, then a dead letter — never a hung item
@@ -78,7 +87,7 @@ async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, 
     backend: Backend = ctx["backend"]
     try:
         step = lambda b: scan.scan_location(b, tenant_id, operation_id, trace_carrier)  # noqa: E731
-        return await _run(ctx, step, trace_carrier, "scan_location")
+        return await _run(ctx, step, trace_carrier, "scan_location", tenant_id)
     except Unavailable as exc:
         retry = _retry_or_none(ctx, exc, f"scan {tenant_id}/{operation_id}")
         if retry is not None:
@@ -93,7 +102,9 @@ async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, 
 
 async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
     try:
-        return await _run(ctx, lambda b: purge.purge_tenant(b, tenant_id, operation_id), trace_carrier, "purge_tenant")
+        return await _run(
+            ctx, lambda b: purge.purge_tenant(b, tenant_id, operation_id), trace_carrier, "purge_tenant", tenant_id
+        )
     except Unavailable as exc:
         retry = _retry_or_none(ctx, exc, f"purge {tenant_id}")
         if retry is not None:
@@ -104,6 +115,7 @@ async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, t
 
 async def startup(ctx: dict[str, Any]) -> None:
     setup_tracing("deeplens-worker")
+    serve_metrics(ctx["settings"].worker_metrics_listen)
     ctx["backend"] = await Backend.open(ctx["settings"])
 
 

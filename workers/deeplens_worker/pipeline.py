@@ -8,6 +8,7 @@ PENDING, and the vector and the row are upserts keyed by (tenant, collection, im
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from deeplens_server.imaging import (
 )
 from deeplens_server.keypoints import keypoints
 from deeplens_server.matching import INGEST_CANDIDATES, find_matches, late_matcher
+from deeplens_server.metrics import IMAGES
+from deeplens_server.names import image_name
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
 from deeplens_server.status import to_rpc_status
@@ -40,7 +43,13 @@ from deeplens_server.storage import object_uri, read_object, validate
 from deeplens_server.vectors import VectorRecord
 from numpy.typing import NDArray
 
+_log = logging.getLogger(__name__)
 EMBED_TIMEOUT_SECONDS = 60.0
+_OUTCOMES = {
+    operations.ITEM_SUCCEEDED: "indexed",
+    operations.ITEM_FAILED: "failed",
+    operations.ITEM_DEAD: "dead_letter",
+}
 
 Outcome = Callable[[OperationRecord, bytes | None], tuple[int, bytes | None, bytes | None]]
 
@@ -101,6 +110,7 @@ async def _finish(
         late_matches=late_matches,
     )
     if counted:
+        IMAGES.labels(_OUTCOMES.get(state, "other")).inc()
         await backend.events.announce(final)
     return final
 
@@ -187,6 +197,8 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         hash_lookup=False,
     )
     late = late_matcher(backend, tenant_id, query, embedding, policy=policy, exclude=(collection_id, image_id))
-    return await _finish(
+    final = await _finish(
         backend, record, item, operations.ITEM_SUCCEEDED, image=image, matches=matches, late_matches=late
     )
+    _log.info("indexed %s", image_name(tenant_id, collection_id, image_id))
+    return final

@@ -75,6 +75,8 @@ class StackConfig:
             "triton_http": b + 800,
             "triton_grpc": b + 801,
             "triton_metrics": b + 802,
+            "metrics": b + 90,
+            "worker_metrics": b + 91,
         }
 
     def external(self, service: str) -> str | None:
@@ -90,6 +92,8 @@ class StackConfig:
             "DEEPLENS_MILVUS_URI": self.external("milvus") or f"http://127.0.0.1:{p['milvus']}",
             "DEEPLENS_TRITON_URL": self.external("triton") or f"127.0.0.1:{p['triton_grpc']}",
             "DEEPLENS_GRPC_LISTEN": f"127.0.0.1:{p['grpc']}",
+            "DEEPLENS_METRICS_LISTEN": f"127.0.0.1:{p['metrics']}",
+            "DEEPLENS_WORKER_METRICS_LISTEN": f"127.0.0.1:{p['worker_metrics']}",
             "DEEPLENS_BLOB_ROOT": str(self.data_dir / "blobs"),
         }
 

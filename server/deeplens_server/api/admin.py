@@ -5,11 +5,12 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from deeplens.v1 import admin_service_pb2, admin_service_pb2_grpc
+from deeplens.v1 import admin_service_pb2, admin_service_pb2_grpc, resources_pb2
 from google.longrunning import operations_proto_pb2 as operations_pb2
+from google.protobuf import duration_pb2
 from opentelemetry import propagate
 
-from deeplens_server import locations, operations, paging
+from deeplens_server import insight, locations, operations, paging
 from deeplens_server.admin_repository import LIMIT_FIELDS
 from deeplens_server.api.convert import (
     api_key_to_proto,
@@ -94,6 +95,53 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> admin_service_pb2.GetTenantResponse:
         tenant = require_reader_of(parse_tenant(request.name).tenant)
         return admin_service_pb2.GetTenantResponse(tenant=tenant_to_proto(await self._backend.admin.get_tenant(tenant)))
+
+    async def GetTenantStats(
+        self, request: admin_service_pb2.GetTenantStatsRequest, context: Context
+    ) -> admin_service_pb2.GetTenantStatsResponse:
+        tenant = require_reader_of(parse_tenant(request.name).tenant)
+        await self._backend.admin.get_tenant(tenant)  # NOT_FOUND for a tenant that does not exist
+        stats = await insight.tenant_stats(self._backend, tenant)
+        return admin_service_pb2.GetTenantStatsResponse(
+            name=f"tenants/{tenant}",
+            images=stats.images,
+            bytes=stats.bytes,
+            duplicate_images=stats.duplicate_images,
+            duplicate_groups=stats.duplicate_groups,
+            reclaimable_bytes=stats.reclaimable_bytes,
+            vectors=stats.vectors,
+            operations_by_state={
+                resources_pb2.OperationState.Name(state): n  # type: ignore[arg-type]
+                for state, n in stats.operations_by_state.items()
+            },
+            pending_items=stats.pending_items,
+            queue_depth=stats.queue_depth,
+        )
+
+    async def GetSystemHealth(
+        self, request: admin_service_pb2.GetSystemHealthRequest, context: Context
+    ) -> admin_service_pb2.GetSystemHealthResponse:
+        found = await insight.system_health(self._backend)
+        return admin_service_pb2.GetSystemHealthResponse(
+            healthy=all(h.healthy for h in found),
+            dependencies=[
+                admin_service_pb2.DependencyHealth(
+                    name=h.name, healthy=h.healthy, latency=duration_pb2.Duration(nanos=int(h.seconds * 1e9)),
+                    message=h.message,
+                )
+                for h in found
+            ],
+        )  # fmt: skip
+
+    async def ListModels(
+        self, request: admin_service_pb2.ListModelsRequest, context: Context
+    ) -> admin_service_pb2.ListModelsResponse:
+        return admin_service_pb2.ListModelsResponse(
+            models=[
+                admin_service_pb2.Model(name=m.name, ready=m.ready, active=m.active, collection=m.collection)
+                for m in await insight.models(self._backend)
+            ]
+        )
 
     async def ListTenants(
         self, request: admin_service_pb2.ListTenantsRequest, context: Context

@@ -917,3 +917,237 @@ class TestStorageLocationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TestStorageLocationResponse: _TypeAlias = TestStorageLocationResponse  # noqa: Y015
+
+@_typing.final
+class GetTenantStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantStatsRequest: _TypeAlias = GetTenantStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OperationsByStateEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_IMAGES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_GROUPS_FIELD_NUMBER: _builtins.int
+    RECLAIMABLE_BYTES_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    OPERATIONS_BY_STATE_FIELD_NUMBER: _builtins.int
+    PENDING_ITEMS_FIELD_NUMBER: _builtins.int
+    QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    images: _builtins.int
+    bytes: _builtins.int
+    """Bytes of the indexed originals."""
+    duplicate_images: _builtins.int
+    """Images in an unresolved duplicate group, and those groups."""
+    duplicate_groups: _builtins.int
+    reclaimable_bytes: _builtins.int
+    """What deleting every unresolved group's non-keepers would free."""
+    vectors: _builtins.int
+    """Embeddings of the tenant in the active model's collection."""
+    pending_items: _builtins.int
+    """The tenant's items waiting to be indexed (queued, running or waiting for a retry)."""
+    queue_depth: _builtins.int
+    """Jobs waiting in the shared work queue, all tenants."""
+    @_builtins.property
+    def operations_by_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Operations by state, keyed by the OperationState name (e.g. "OPERATION_STATE_SUCCEEDED")."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        images: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        duplicate_images: _builtins.int = ...,
+        duplicate_groups: _builtins.int = ...,
+        reclaimable_bytes: _builtins.int = ...,
+        vectors: _builtins.int = ...,
+        operations_by_state: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        pending_items: _builtins.int = ...,
+        queue_depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "duplicate_groups", b"duplicate_groups", "duplicate_images", b"duplicate_images", "images", b"images", "name", b"name", "operations_by_state", b"operations_by_state", "pending_items", b"pending_items", "queue_depth", b"queue_depth", "reclaimable_bytes", b"reclaimable_bytes", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantStatsResponse: _TypeAlias = GetTenantStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetSystemHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSystemHealthRequest: _TypeAlias = GetSystemHealthRequest  # noqa: Y015
+
+@_typing.final
+class DependencyHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"postgresql", "redis", "milvus", "triton"."""
+    healthy: _builtins.bool
+    message: _builtins.str
+    """Why it is unhealthy; empty when healthy."""
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """One round trip (a trivial query, a ping, the model's readiness)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        healthy: _builtins.bool = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["healthy", b"healthy", "latency", b"latency", "message", b"message", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyHealth: _TypeAlias = DependencyHealth  # noqa: Y015
+
+@_typing.final
+class GetSystemHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    healthy: _builtins.bool
+    """Every dependency healthy."""
+    @_builtins.property
+    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyHealth]: ...
+    def __init__(
+        self,
+        *,
+        healthy: _builtins.bool = ...,
+        dependencies: _abc.Iterable[Global___DependencyHealth] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "healthy", b"healthy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSystemHealthResponse: _TypeAlias = GetSystemHealthResponse  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class Model(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`name@version`."""
+    ready: _builtins.bool
+    """Loaded and ready on the inference server."""
+    active: _builtins.bool
+    """The model new images are embedded with and searches use."""
+    collection: _builtins.str
+    """The vector collection its embeddings live in (the active model only)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ready: _builtins.bool = ...,
+        active: _builtins.bool = ...,
+        collection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "collection", b"collection", "name", b"name", "ready", b"ready"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___Model] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

@@ -62,6 +62,21 @@ class AdminServiceStub:
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteTenantRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.GetTenantStats = channel.unary_unary(
+                '/deeplens.v1.AdminService/GetTenantStats',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantStatsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantStatsResponse.FromString,
+                _registered_method=True)
+        self.GetSystemHealth = channel.unary_unary(
+                '/deeplens.v1.AdminService/GetSystemHealth',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetSystemHealthRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetSystemHealthResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/deeplens.v1.AdminService/ListModels',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.CreateCollection = channel.unary_unary(
                 '/deeplens.v1.AdminService/CreateCollection',
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionRequest.SerializeToString,
@@ -171,6 +186,28 @@ class AdminServiceServicer:
         """Deletes a tenant: a purge operation that removes its images' rows, vectors and thumbnails (and, if asked,
         the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
         operation then only counts what would be removed. Response: `PurgeTenantResponse`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantStats(self, request, context):
+        """A tenant's figures: images, bytes, duplicates and reclaimable bytes, vectors, operations by state, work
+        waiting. Everyone may read their own tenant's; platform administrators any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSystemHealth(self, request, context):
+        """Each dependency's status and the latency of a round trip to it. Platform administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The embedding models the inference server holds, and the one this deployment indexes and searches with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +334,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteTenant,
                     request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.DeleteTenantRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'GetTenantStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantStats,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantStatsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetTenantStatsResponse.SerializeToString,
+            ),
+            'GetSystemHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSystemHealth,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.GetSystemHealthRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.GetSystemHealthResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsResponse.SerializeToString,
             ),
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
@@ -506,6 +558,87 @@ class AdminService:
             '/deeplens.v1.AdminService/DeleteTenant',
             deeplens_dot_v1_dot_admin__service__pb2.DeleteTenantRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/GetTenantStats',
+            deeplens_dot_v1_dot_admin__service__pb2.GetTenantStatsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.GetTenantStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSystemHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/GetSystemHealth',
+            deeplens_dot_v1_dot_admin__service__pb2.GetSystemHealthRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.GetSystemHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ListModels',
+            deeplens_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

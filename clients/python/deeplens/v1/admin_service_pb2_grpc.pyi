@@ -49,6 +49,14 @@ class AdminServiceStub:
     the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
     operation then only counts what would be removed. Response: `PurgeTenantResponse`.
     """
+    GetTenantStats: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetTenantStatsRequest, _admin_service_pb2.GetTenantStatsResponse]
+    """A tenant's figures: images, bytes, duplicates and reclaimable bytes, vectors, operations by state, work
+    waiting. Everyone may read their own tenant's; platform administrators any.
+    """
+    GetSystemHealth: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetSystemHealthRequest, _admin_service_pb2.GetSystemHealthResponse]
+    """Each dependency's status and the latency of a round trip to it. Platform administrators only."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]
+    """The embedding models the inference server holds, and the one this deployment indexes and searches with."""
     CreateCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]
     """Creates a collection. Editors and above."""
     GetCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]
@@ -96,6 +104,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
     operation then only counts what would be removed. Response: `PurgeTenantResponse`.
     """
+    GetTenantStats: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetTenantStatsRequest, _admin_service_pb2.GetTenantStatsResponse]  # type: ignore[assignment]
+    """A tenant's figures: images, bytes, duplicates and reclaimable bytes, vectors, operations by state, work
+    waiting. Everyone may read their own tenant's; platform administrators any.
+    """
+    GetSystemHealth: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetSystemHealthRequest, _admin_service_pb2.GetSystemHealthResponse]  # type: ignore[assignment]
+    """Each dependency's status and the latency of a round trip to it. Platform administrators only."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The embedding models the inference server holds, and the one this deployment indexes and searches with."""
     CreateCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]  # type: ignore[assignment]
     """Creates a collection. Editors and above."""
     GetCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]  # type: ignore[assignment]
@@ -170,6 +186,32 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         the originals DeepLens stores), revokes its keys and keeps the name reserved. Dry-run by default: the
         operation then only counts what would be removed. Response: `PurgeTenantResponse`.
         """
+
+    @_abc_1.abstractmethod
+    def GetTenantStats(
+        self,
+        request: _admin_service_pb2.GetTenantStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetTenantStatsResponse, _abc.Awaitable[_admin_service_pb2.GetTenantStatsResponse]]:
+        """A tenant's figures: images, bytes, duplicates and reclaimable bytes, vectors, operations by state, work
+        waiting. Everyone may read their own tenant's; platform administrators any.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSystemHealth(
+        self,
+        request: _admin_service_pb2.GetSystemHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetSystemHealthResponse, _abc.Awaitable[_admin_service_pb2.GetSystemHealthResponse]]:
+        """Each dependency's status and the latency of a round trip to it. Platform administrators only."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _admin_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListModelsResponse, _abc.Awaitable[_admin_service_pb2.ListModelsResponse]]:
+        """The embedding models the inference server holds, and the one this deployment indexes and searches with."""
 
     @_abc_1.abstractmethod
     def CreateCollection(

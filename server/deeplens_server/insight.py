@@ -1,0 +1,109 @@
+"""What operators ask of a running deployment: a tenant's figures, each dependency's health, the models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from deeplens_server import duplicate_store
+from deeplens_server.backend import Backend
+from deeplens_server.db import scoped
+from deeplens_server.operations import ITEM_PENDING
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStats:
+    images: int
+    bytes: int
+    duplicate_images: int
+    duplicate_groups: int
+    reclaimable_bytes: int
+    vectors: int
+    operations_by_state: dict[int, int]
+    pending_items: int
+    queue_depth: int
+
+
+async def tenant_stats(backend: Backend, tenant_id: str) -> TenantStats:
+    async with scoped(backend.repo.pool, tenant_id) as conn:
+        total, _, _ = await duplicate_store.storage_usage(conn, tenant_id, None)
+        groups = await conn.fetchval(
+            "SELECT count(*) FROM duplicate_groups WHERE tenant_id = $1 AND NOT resolved", tenant_id
+        )
+        states = await conn.fetch(
+            "SELECT state, count(*) AS n FROM operations WHERE tenant_id = $1 GROUP BY state", tenant_id
+        )
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM operation_items WHERE tenant_id = $1 AND state = $2", tenant_id, ITEM_PENDING
+        )
+    return TenantStats(
+        images=total.images,
+        bytes=total.bytes,
+        duplicate_images=total.duplicate_images,
+        duplicate_groups=int(groups),
+        reclaimable_bytes=total.reclaimable_bytes,
+        vectors=await backend.vectors.count(tenant_id),
+        operations_by_state={int(r["state"]): int(r["n"]) for r in states},
+        pending_items=int(pending),
+        queue_depth=await backend.queue.depth(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    name: str
+    healthy: bool
+    seconds: float
+    message: str = ""
+
+
+async def _probe(name: str, check: Callable[[], Awaitable[object]]) -> Health:
+    start = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(check(), HEALTH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return Health(name, False, time.perf_counter() - start, f"no answer in {HEALTH_TIMEOUT_SECONDS:.0f} s")
+    except Exception as exc:  # any failure of the dependency is the answer, not an error of this call
+        return Health(name, False, time.perf_counter() - start, type(exc).__name__)
+    if result is False:
+        return Health(name, False, time.perf_counter() - start, "not ready")
+    return Health(name, True, time.perf_counter() - start)
+
+
+async def system_health(backend: Backend) -> list[Health]:
+    return list(
+        await asyncio.gather(
+            _probe("postgresql", backend.repo.ping),
+            _probe("redis", backend.queue.redis.ping),
+            _probe("milvus", backend.vectors.ping),
+            _probe("triton", backend.embedder.ready),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    ready: bool
+    active: bool
+    collection: str = ""
+
+
+async def models(backend: Backend) -> list[ModelInfo]:
+    """Every model version in the inference server's repository; the active one marked."""
+    active = backend.embedder.model_id
+    found: dict[str, ModelInfo] = {}
+    for entry in await backend.embedder.repository_index():
+        if not entry.version:
+            continue
+        name = f"{entry.name}@{entry.version}"
+        found[name] = ModelInfo(
+            name, entry.state == "READY", name == active, backend.vectors.collection if name == active else ""
+        )
+    if active not in found:  # served from elsewhere, or the index omits it: still the one in use
+        found[active] = ModelInfo(active, await backend.embedder.ready(), True, backend.vectors.collection)
+    return sorted(found.values(), key=lambda m: (not m.active, m.name))
