@@ -70,6 +70,16 @@ def test_cli_end_to_end(stack: Stack, photos: dict[str, bytes], tmp_path: Path) 
     assert report.returncode == 0, report.stderr
     assert report.stdout.splitlines()[2].split()[:2] == ["total", "3"]
 
+    stats = _cli(stack, key, "--json", "stats", tenant)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["images"] == "3"  # int64 in proto JSON is a string
+    health = _cli(stack, admin, "health")
+    assert health.returncode == 0, health.stderr
+    assert health.stdout.count("healthy") == 4
+    models = _cli(stack, key, "models")
+    assert "efficientnet_lite0@1" in models.stdout
+    assert "active" in models.stdout
+
     # Errors: one line, the code and the reason, exit 1; a bad path, exit 2; never a traceback.
     denied = _cli(stack, key, "search", "tenants/someone-else", "--name", "tenants/someone-else/collections/c/images/x")
     assert denied.returncode == 1

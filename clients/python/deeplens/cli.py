@@ -205,6 +205,46 @@ def cmd_keys(client: DeepLensClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(client: DeepLensClient, args: argparse.Namespace) -> int:
+    stats = client.get_tenant_stats(args.tenant)
+    if args.json:
+        print(json.dumps(_dict(stats)))
+        return 0
+    rows = [
+        ("images", f"{stats.images:,}"), ("bytes", f"{stats.bytes:,}"), ("vectors", f"{stats.vectors:,}"),
+        ("duplicate images", f"{stats.duplicate_images:,}"), ("duplicate groups", f"{stats.duplicate_groups:,}"),
+        ("reclaimable bytes", f"{stats.reclaimable_bytes:,}"), ("pending items", f"{stats.pending_items:,}"),
+        ("queue depth (all tenants)", f"{stats.queue_depth:,}"),
+        *((f"operations {k.removeprefix('OPERATION_STATE_').lower()}", str(v))
+          for k, v in sorted(stats.operations_by_state.items())),
+    ]  # fmt: skip
+    print(_table(rows, (stats.name, "")))
+    return 0
+
+
+def cmd_health(client: DeepLensClient, args: argparse.Namespace) -> int:
+    health = client.get_system_health()
+    if args.json:
+        print(json.dumps(_dict(health)))
+    else:
+        rows = [
+            (d.name, "healthy" if d.healthy else "UNHEALTHY", f"{d.latency.ToNanoseconds() / 1e6:.1f} ms", d.message)
+            for d in health.dependencies
+        ]
+        print(_table(rows, ("dependency", "status", "latency", "message")))
+    return 0 if health.healthy else 1
+
+
+def cmd_models(client: DeepLensClient, args: argparse.Namespace) -> int:
+    models = client.list_models()
+    if args.json:
+        print(json.dumps([_dict(m) for m in models]))
+    else:
+        rows = [(m.name, "yes" if m.ready else "no", "active" if m.active else "", m.collection) for m in models]
+        print(_table(rows, ("model", "ready", "", "collection")))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplens", description="DeepLens image search and duplicate detection.")
     p.add_argument("--target", default=os.environ.get("DEEPLENS_TARGET", "127.0.0.1:50051"), help="host:port")
@@ -249,6 +289,16 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("storage", help="bytes and reclaimable bytes by storage location and collection")
     s.add_argument("parent")
     s.set_defaults(run=cmd_storage)
+
+    s = sub.add_parser("stats", help="a tenant's images, bytes, duplicates, vectors, operations, pending work")
+    s.add_argument("tenant", help="tenant id")
+    s.set_defaults(run=cmd_stats)
+
+    s = sub.add_parser("health", help="each dependency's status and latency (platform administrators)")
+    s.set_defaults(run=cmd_health)
+
+    s = sub.add_parser("models", help="the embedding models, and the active one")
+    s.set_defaults(run=cmd_models)
 
     s = sub.add_parser("tenants", help="tenants (platform administrators)")
     s.add_argument("action", choices=("list", "get", "create"))

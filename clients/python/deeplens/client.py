@@ -364,3 +364,15 @@ class DeepLensClient:
     ) -> operations_pb2.Operation:
         request = ingest_service_pb2.ScanStorageLocationRequest(name=name, prefix=prefix, collection_id=collection_id)
         return self.ingest.ScanStorageLocation(request, metadata=self._metadata, timeout=self._timeout)
+
+    def get_tenant_stats(self, tenant: str) -> admin_service_pb2.GetTenantStatsResponse:
+        request = admin_service_pb2.GetTenantStatsRequest(name=f"tenants/{tenant}")
+        return self.admin.GetTenantStats(request, metadata=self._metadata, timeout=self._timeout)
+
+    def get_system_health(self) -> admin_service_pb2.GetSystemHealthResponse:
+        request = admin_service_pb2.GetSystemHealthRequest()
+        return self.admin.GetSystemHealth(request, metadata=self._metadata, timeout=self._timeout)
+
+    def list_models(self) -> list[admin_service_pb2.Model]:
+        request = admin_service_pb2.ListModelsRequest()
+        return list(self.admin.ListModels(request, metadata=self._metadata, timeout=self._timeout).models)
