@@ -18,7 +18,7 @@ import grpc
 from google.longrunning import operations_pb2_grpc
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from deeplens.client import CHANNEL_OPTIONS, CHUNK_BYTES, file_upload_requests, upload_requests
+from deeplens.client import CHANNEL_OPTIONS, CHUNK_BYTES, file_upload_requests, search_request, upload_requests
 from deeplens.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -128,11 +128,7 @@ class AsyncDeepLensClient:
         min_score: float = 0.0,
         view: resources_pb2.ImageView.ValueType = resources_pb2.IMAGE_VIEW_BASIC,
     ) -> search_service_pb2.SearchImagesResponse:
-        request = search_service_pb2.SearchImagesRequest(parent=parent, top_k=top_k, min_score=min_score, view=view)
-        if image_content is not None:
-            request.image_content = image_content
-        if image_name is not None:
-            request.image_name = image_name
+        request = search_request(parent, image_content, image_name, top_k, min_score, view)
         return await self.search.SearchImages(request, metadata=self._metadata, timeout=self._timeout)
 
     async def iter_duplicate_groups(

@@ -135,6 +135,23 @@ def file_upload_requests(
                 data = following
 
 
+def search_request(
+    parent: str,
+    image_content: bytes | None,
+    image_name: str | None,
+    top_k: int,
+    min_score: float,
+    view: resources_pb2.ImageView.ValueType,
+) -> search_service_pb2.SearchImagesRequest:
+    """A SearchImages request by bytes or by an indexed image's name (the sync and async clients share it)."""
+    request = search_service_pb2.SearchImagesRequest(parent=parent, top_k=top_k, min_score=min_score, view=view)
+    if image_content is not None:
+        request.image_content = image_content
+    if image_name is not None:
+        request.image_name = image_name
+    return request
+
+
 class _Page(Protocol):
     next_page_token: str
 
@@ -307,11 +324,7 @@ class DeepLensClient:
         view: resources_pb2.ImageView.ValueType = resources_pb2.IMAGE_VIEW_BASIC,
     ) -> search_service_pb2.SearchImagesResponse:
         """Images like the given bytes or indexed image; ``view=IMAGE_VIEW_FULL`` adds hashes and EXIF."""
-        request = search_service_pb2.SearchImagesRequest(parent=parent, top_k=top_k, min_score=min_score, view=view)
-        if image_content is not None:
-            request.image_content = image_content
-        if image_name is not None:
-            request.image_name = image_name
+        request = search_request(parent, image_content, image_name, top_k, min_score, view)
         return self.search.SearchImages(request, metadata=self._metadata, timeout=self._timeout)
 
     def find_duplicates(
