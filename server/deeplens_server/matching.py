@@ -136,6 +136,16 @@ async def _classify(
     return found
 
 
+async def stored_keypoints(backend: Backend, tenant_id: str, sha256: str) -> QueryKeypoints | None:
+    """Verification features of indexed content, from its stored thumbnail (None when it has none);
+    computed when called (in a thread)."""
+    try:
+        data = await backend.blobs.get_thumbnail(tenant_id, sha256, VERIFY_THUMBNAIL)
+    except NotFound:
+        return None
+    return lambda: keypoints_of_bytes(data)
+
+
 class _RecentKeypoints:
     """Features of recently verified candidates, by content: a cluster of look-alikes (a photo session, a
     calibration run) has its members verified against each new arrival. Touched only from the event loop."""

@@ -97,7 +97,7 @@ def _progress(client: DeepLensClient, name: str, as_json: bool) -> operations_pb
 
 
 def _finish(client: DeepLensClient, op: operations_pb2.Operation, args: argparse.Namespace) -> int:
-    if args.no_wait:
+    if getattr(args, "no_wait", False):
         print(json.dumps(_dict(op)) if args.json else op.name)
         return 0
     final = _progress(client, op.name, args.json)
@@ -125,7 +125,6 @@ def cmd_scan(client: DeepLensClient, args: argparse.Namespace) -> int:
 
 
 def cmd_watch(client: DeepLensClient, args: argparse.Namespace) -> int:
-    args.no_wait = False
     return _finish(client, client.get_operation(args.operation), args)
 
 

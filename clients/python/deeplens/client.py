@@ -83,6 +83,31 @@ def error_info(err: grpc.RpcError | status_pb2.Status) -> error_details_pb2.Erro
     return None
 
 
+def _image_chunks(
+    item: int, image_id: str, tags: Sequence[str], pieces: Iterator[bytes]
+) -> Iterator[ingest_service_pb2.UploadImagesRequest]:
+    """One image's chunks: the first names it, the last says so (an empty image is one empty last chunk)."""
+    data = next(pieces, b"")
+    first = True
+    while True:
+        following = next(pieces, None)
+        chunk = ingest_service_pb2.ImageChunk(item=item, data=data, last=following is None)
+        if first:
+            chunk.image_id = image_id
+            chunk.tags.extend(tags)
+            first = False
+        yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
+        if following is None:
+            return
+        data = following
+
+
+def _header(parent: str, request_id: str) -> ingest_service_pb2.UploadImagesRequest:
+    return ingest_service_pb2.UploadImagesRequest(
+        header=ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
+    )
+
+
 def upload_requests(
     parent: str,
     images: Iterable[tuple[bytes, str, Sequence[str]]],
@@ -91,19 +116,10 @@ def upload_requests(
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[ingest_service_pb2.UploadImagesRequest]:
     """The UploadImages stream for (content, image_id, tags) triples: a header, then each image in chunks."""
-    yield ingest_service_pb2.UploadImagesRequest(
-        header=ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
-    )
+    yield _header(parent, request_id)
     for item, (content, image_id, tags) in enumerate(images):
-        offsets = range(0, max(len(content), 1), chunk_bytes)
-        for n, start in enumerate(offsets):
-            chunk = ingest_service_pb2.ImageChunk(
-                item=item, data=content[start : start + chunk_bytes], last=n == len(offsets) - 1
-            )
-            if n == 0:
-                chunk.image_id = image_id
-                chunk.tags.extend(tags)
-            yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
+        pieces = (content[start : start + chunk_bytes] for start in range(0, len(content), chunk_bytes))
+        yield from _image_chunks(item, image_id, tags, pieces)
 
 
 def file_upload_requests(
@@ -115,24 +131,10 @@ def file_upload_requests(
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[ingest_service_pb2.UploadImagesRequest]:
     """The UploadImages stream for (path, image_id) pairs, read chunk by chunk: no file is held in memory."""
-    yield ingest_service_pb2.UploadImagesRequest(
-        header=ingest_service_pb2.UploadHeader(parent=parent, request_id=request_id)
-    )
+    yield _header(parent, request_id)
     for item, (path, image_id) in enumerate(files):
         with path.open("rb") as f:
-            data = f.read(chunk_bytes)
-            first = True
-            while True:
-                following = f.read(chunk_bytes)
-                chunk = ingest_service_pb2.ImageChunk(item=item, data=data, last=not following)
-                if first:
-                    chunk.image_id = image_id
-                    chunk.tags.extend(tags)
-                    first = False
-                yield ingest_service_pb2.UploadImagesRequest(chunk=chunk)
-                if not following:
-                    break
-                data = following
+            yield from _image_chunks(item, image_id, tags, iter(lambda: f.read(chunk_bytes), b""))
 
 
 def search_request(

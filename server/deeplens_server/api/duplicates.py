@@ -22,14 +22,8 @@ from deeplens_server.duplicate_store import GroupRecord, Usage
 from deeplens_server.duplicates import DUPLICATE_TIERS, Fingerprint
 from deeplens_server.errors import Aborted, InvalidArgument, NotFound
 from deeplens_server.imaging import perceptual_hashes
-from deeplens_server.keypoints import keypoints, keypoints_of_bytes
-from deeplens_server.matching import (
-    DEFAULT_CANDIDATES,
-    MAX_CANDIDATES,
-    VERIFY_THUMBNAIL,
-    QueryKeypoints,
-    find_matches,
-)
+from deeplens_server.keypoints import keypoints
+from deeplens_server.matching import DEFAULT_CANDIDATES, MAX_CANDIDATES, QueryKeypoints, find_matches, stored_keypoints
 from deeplens_server.names import CollectionName, image_name, parse_duplicate_group, parse_image, parse_scope
 from deeplens_server.operations import timestamp
 from deeplens_server.removal import delete_image
@@ -77,15 +71,6 @@ def _usage(u: Usage, key: str) -> search_service_pb2.StorageUsage:
     )  # fmt: skip
 
 
-async def _stored_keypoints(backend: Backend, tenant: str, sha256: str) -> QueryKeypoints | None:
-    """Verification features of an indexed image, from its stored thumbnail (None when it has none)."""
-    try:
-        data = await backend.blobs.get_thumbnail(tenant, sha256, VERIFY_THUMBNAIL)
-    except NotFound:
-        return None
-    return lambda: keypoints_of_bytes(data)
-
-
 class DuplicateRpcs:
     _backend: Backend
 
@@ -119,7 +104,7 @@ class DuplicateRpcs:
             record = await backend.repo.get_image(tenant, *exclude)
             fingerprint = record.fingerprint
             embedding = await backend.vectors.get_embedding(tenant, *exclude)
-            query_keypoints = await _stored_keypoints(backend, tenant, record.sha256)
+            query_keypoints = await stored_keypoints(backend, tenant, record.sha256)
         elif which == "image_content":
             decoded = await decode_query(backend, request.image_content)
             hashes = perceptual_hashes(decoded.working)
