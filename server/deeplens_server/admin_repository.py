@@ -16,8 +16,9 @@ from deeplens_server.duplicate_store import remove_collection_images, remove_ima
 from deeplens_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 LIMIT_FIELDS = ("max_images", "max_image_bytes", "max_image_pixels", "requests_per_second", "max_concurrent_operations")
-_TENANT_COLUMNS = "id, display_name, create_time, update_time, delete_time, version, duplicate_policy, " + ", ".join(
-    LIMIT_FIELDS
+_TENANT_COLUMNS = (
+    "id, display_name, create_time, update_time, delete_time, version, duplicate_policy, embedding_model, "
+    "reindex_model, " + ", ".join(LIMIT_FIELDS)
 )
 
 
@@ -41,6 +42,9 @@ class TenantRecord:
     limits: Limits
     # Overrides of the duplicate thresholds (DuplicatePolicy field -> value); empty: the server's defaults.
     duplicate_policy: dict[str, Any] = field(default_factory=dict)
+    # The model version its searches use (None: not chosen yet, the server's default), and a re-index's target.
+    embedding_model: str | None = None
+    reindex_model: str | None = None
 
     @property
     def etag(self) -> str:
@@ -96,6 +100,8 @@ def _tenant(row: Any) -> TenantRecord:
         version=row["version"],
         limits=Limits(**{f: row[f] for f in LIMIT_FIELDS}),
         duplicate_policy=dict(row["duplicate_policy"] or {}),
+        embedding_model=row["embedding_model"],
+        reindex_model=row["reindex_model"],
     )
 
 
@@ -113,13 +119,16 @@ class AdminRepository:
 
     # Tenants
 
-    async def create_tenant(self, tenant_id: str, display_name: str, limits: Limits) -> TenantRecord:
+    async def create_tenant(
+        self, tenant_id: str, display_name: str, limits: Limits, *, embedding_model: str
+    ) -> TenantRecord:
         row = await self._db.fetchrow(
             tenant_id,
-            f"INSERT INTO tenants (id, display_name, {', '.join(LIMIT_FIELDS)}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-            f"ON CONFLICT (id) DO NOTHING RETURNING {_TENANT_COLUMNS}",
+            f"INSERT INTO tenants (id, display_name, embedding_model, {', '.join(LIMIT_FIELDS)}) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING {_TENANT_COLUMNS}",
             tenant_id,
             display_name,
+            embedding_model,
             *(getattr(limits, f) for f in LIMIT_FIELDS),
         )
         if row is None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from deeplens_server import model_pointer
 from deeplens_server.admin_repository import AdminRepository, ObjectIndex, StorageLocationRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
@@ -68,19 +69,15 @@ class Backend:
     @classmethod
     async def _open(cls, settings: Settings, *, model_ready_timeout: float) -> Backend:
         repo = await Repository.connect(settings.postgres_dsn, max_size=settings.postgres_pool_max)
-        vectors = VectorIndex(
-            settings.milvus_uri,
-            token=settings.milvus_token,
-            model=settings.embedding_model,
-            version=settings.embedding_model_version,
-            dim=settings.embedding_dim,
-        )
+        vectors = VectorIndex(settings.milvus_uri, token=settings.milvus_token)
         embedder = Embedder(
             settings.triton_url, model=settings.embedding_model, version=settings.embedding_model_version
         )
         try:
             await vectors.open()
             await embedder.wait_ready(model_ready_timeout)
+            for model in {embedder.model_id, *await model_pointer.tenants_per_model(repo.pool)}:
+                await vectors.ensure(model, await embedder.dim(model))
             queue = await JobQueue.connect(settings.redis_url, settings.queue_name)
         except BaseException:
             await embedder.close()
@@ -88,7 +85,7 @@ class Backend:
             await repo.close()
             raise
         events = EventLog(queue.redis, maxlen=settings.event_stream_maxlen)
-        _log.info("backend ready: model %s, vectors in %s", embedder.model_id, vectors.collection)
+        _log.info("backend ready: default model %s", embedder.model_id)
         return cls(
             settings=settings,
             repo=repo,
@@ -103,6 +100,18 @@ class Backend:
             queue=queue,
             blobs=BlobStore(settings.blob_root),
         )
+
+    async def tenant_models(self, tenant_id: str) -> model_pointer.TenantModels:
+        """The model versions serving the tenant (its searches use ``active``)."""
+        return await model_pointer.tenant_models(self.repo.pool, tenant_id, self.embedder.model_id)
+
+    async def model_for(self, tenant_id: str) -> str:
+        """The model version the tenant's searches embed with and read."""
+        return (await self.tenant_models(tenant_id)).active
+
+    async def prepare_model(self, model: str) -> None:
+        """Makes sure ``model`` is served and its vector collection exists."""
+        await self.vectors.ensure(model, await self.embedder.dim(model))
 
     @property
     def redis(self) -> Redis:

@@ -29,9 +29,10 @@ class Settings(BaseSettings):
     # Root for uploaded originals: a local directory (or a shared mount in a cluster).
     blob_root: Path = Path(".deeplens/blobs")
 
+    # The model new tenants start with (a tenant moves to another by a re-index operation). Its embedding
+    # size comes from the inference server.
     embedding_model: str = "efficientnet_lite0"
     embedding_model_version: str = "1"
-    embedding_dim: int = 1280
 
     queue_name: str = "deeplens:queue"
     job_max_tries: int = 5

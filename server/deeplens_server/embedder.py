@@ -1,4 +1,8 @@
-"""Embeddings from the Triton Inference Server (gRPC). The model's input comes from ``imaging.model_input``."""
+"""Embeddings from the Triton Inference Server (gRPC). The model's input comes from ``imaging.model_input``.
+
+Every model the repository serves takes the same input and returns L2-normalised embeddings; calls name the
+model version (``name@version``) — a tenant's — and default to the server's configured one.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +35,32 @@ class Embedder:
         self._client = triton.InferenceServerClient(url=url)
         self.model = model
         self.version = version
+        self._dims: dict[str, int] = {}
 
     @property
     def model_id(self) -> str:
+        """The configured default model (``name@version``): new tenants start with it."""
         return f"{self.model}@{self.version}"
+
+    def _parts(self, model_id: str | None) -> tuple[str, str]:
+        if model_id is None:
+            return self.model, self.version
+        name, _, version = model_id.partition("@")
+        return name, version
+
+    async def dim(self, model_id: str) -> int:
+        """The model's embedding size, from its metadata on the inference server."""
+        if model_id not in self._dims:
+            name, version = self._parts(model_id)
+            try:
+                meta = await self._client.get_model_metadata(name, version, as_json=True)
+            except InferenceServerException as exc:
+                raise Unavailable(f"model {model_id} is not served", reason="MODEL_NOT_READY") from exc
+            outputs = [o for o in (meta or {}).get("outputs", []) if o.get("name") == OUTPUT_NAME]
+            if not outputs:
+                raise Unavailable(f"model {model_id} has no {OUTPUT_NAME} output", reason="MODEL_NOT_READY")
+            self._dims[model_id] = int(outputs[0]["shape"][-1])
+        return self._dims[model_id]
 
     async def close(self) -> None:
         await self._client.close()
@@ -50,9 +76,10 @@ class Embedder:
             for m in (index or {}).get("models", [])
         ]
 
-    async def ready(self) -> bool:
+    async def ready(self, model_id: str | None = None) -> bool:
+        name, version = self._parts(model_id)
         try:
-            return bool(await self._client.is_model_ready(self.model, self.version))
+            return bool(await self._client.is_model_ready(name, version))
         except InferenceServerException:
             return False
 
@@ -64,19 +91,23 @@ class Embedder:
                 raise Unavailable(f"embedding model {self.model_id} is not ready", reason="MODEL_NOT_READY")
             await asyncio.sleep(0.2)
 
-    async def embed(self, batch: NDArray[np.uint8], *, timeout: float | None = None) -> NDArray[np.float32]:
-        """Embeds a batch of model inputs (N, 224, 224, 3) uint8 into (N, dim) L2-normalised float32."""
+    async def embed(
+        self, batch: NDArray[np.uint8], *, model: str | None = None, timeout: float | None = None
+    ) -> NDArray[np.float32]:
+        """Embeds a batch of model inputs (N, 224, 224, 3) uint8 into (N, dim) L2-normalised float32 with
+        ``model`` (``name@version``; the configured default if None)."""
+        name, version = self._parts(model)
         tensor = triton.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
             with (
-                span("triton.infer", SpanKind.CLIENT, model=self.model_id, batch=int(batch.shape[0])),
+                span("triton.infer", SpanKind.CLIENT, model=f"{name}@{version}", batch=int(batch.shape[0])),
                 TRITON_SECONDS.time(),
             ):
                 result = await self._client.infer(
-                    self.model,
+                    name,
                     [tensor],
-                    model_version=self.version,
+                    model_version=version,
                     outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
                     client_timeout=timeout,
                 )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from deeplens_server import duplicate_store
+from deeplens_server import duplicate_store, model_pointer
 from deeplens_server.backend import Backend
 from deeplens_server.db import scoped
 from deeplens_server.operations import ITEM_PENDING
+from deeplens_server.vectors import VectorIndex
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 
@@ -26,9 +27,12 @@ class TenantStats:
     operations_by_state: dict[int, int]
     pending_items: int
     queue_depth: int
+    embedding_model: str
+    reindex_model: str | None
 
 
 async def tenant_stats(backend: Backend, tenant_id: str) -> TenantStats:
+    models = await backend.tenant_models(tenant_id)
     async with scoped(backend.repo.pool, tenant_id) as conn:
         total, _, _ = await duplicate_store.storage_usage(conn, tenant_id, None)
         groups = await conn.fetchval(
@@ -46,10 +50,12 @@ async def tenant_stats(backend: Backend, tenant_id: str) -> TenantStats:
         duplicate_images=total.duplicate_images,
         duplicate_groups=int(groups),
         reclaimable_bytes=total.reclaimable_bytes,
-        vectors=await backend.vectors.count(tenant_id),
+        vectors=await backend.vectors.count(tenant_id, models.active),
         operations_by_state={int(r["state"]): int(r["n"]) for r in states},
         pending_items=int(pending),
         queue_depth=await backend.queue.depth(),
+        embedding_model=models.active,
+        reindex_model=models.reindex,
     )
 
 
@@ -90,20 +96,22 @@ class ModelInfo:
     name: str
     ready: bool
     active: bool
-    collection: str = ""
+    collection: str
+    tenants: int = 0
 
 
 async def models(backend: Backend) -> list[ModelInfo]:
-    """Every model version in the inference server's repository; the active one marked."""
-    active = backend.embedder.model_id
+    """Every model version in the inference server's repository (and any a tenant still uses), the default
+    for new tenants marked, with how many tenants search with each."""
+    default = backend.embedder.model_id
+    in_use = await model_pointer.tenants_per_model(backend.repo.pool)
     found: dict[str, ModelInfo] = {}
     for entry in await backend.embedder.repository_index():
-        if not entry.version:
-            continue
-        name = f"{entry.name}@{entry.version}"
-        found[name] = ModelInfo(
-            name, entry.state == "READY", name == active, backend.vectors.collection if name == active else ""
-        )
-    if active not in found:  # served from elsewhere, or the index omits it: still the one in use
-        found[active] = ModelInfo(active, await backend.embedder.ready(), True, backend.vectors.collection)
-    return sorted(found.values(), key=lambda m: (not m.active, m.name))
+        if entry.version:
+            name = f"{entry.name}@{entry.version}"
+            found[name] = ModelInfo(name, entry.state == "READY", name == default, VectorIndex.collection(name))
+    for name in {default, *in_use} - set(found):  # served from elsewhere, or the index omits it
+        found[name] = ModelInfo(name, await backend.embedder.ready(name), name == default, VectorIndex.collection(name))
+    return sorted(
+        (replace(m, tenants=in_use.get(m.name, 0)) for m in found.values()), key=lambda m: (not m.active, m.name)
+    )

@@ -52,6 +52,7 @@ async def find_matches(
     query: Fingerprint,
     embedding: NDArray[np.float32],
     *,
+    model: str,
     policy: DuplicatePolicy,
     query_keypoints: QueryKeypoints | None = None,
     collection_id: str | None = None,
@@ -61,13 +62,14 @@ async def find_matches(
     timeout: float | None = None,
 ) -> list[Match]:
     """Every candidate that is at least SIMILAR under ``policy``, strongest first. With ``hash_lookup`` off
-    the caller runs the lookup itself (``late_matcher``, at ingest under the tenant's lock)."""
+    the caller runs the lookup itself (``late_matcher``, at ingest under the tenant's lock). ``embedding`` is
+    ``model``'s, and is compared with that model's vectors only."""
     final = policy
     if query_keypoints is not None:
         policy = replace(policy, similar_min_cosine=min(policy.similar_min_cosine, VERIFY_MIN_COSINE))
     condition = milvus_expr(within(ImageFilter(), collection_id))
     hits = await backend.vectors.search(
-        tenant_id, embedding, limit=candidates, condition=condition, exclude=exclude, timeout=timeout
+        tenant_id, embedding, model=model, limit=candidates, condition=condition, exclude=exclude, timeout=timeout
     )
     found: dict[Key, Match] = {}
     for hit in hits:
@@ -83,7 +85,7 @@ async def find_matches(
             tenant_id, query, collection_id=collection_id, limit=max(candidates, 50)
         )
         extra = [r for r in records if (r.collection_id, r.image_id) not in (exclude, *found)]
-        for m in await _classify(backend, tenant_id, policy, query, embedding, extra):
+        for m in await _classify(backend, tenant_id, policy, query, (model, embedding), extra):
             found[m.key] = m
     matches = list(found.values())
     if query_keypoints is not None:
@@ -97,6 +99,7 @@ def late_matcher(
     query: Fingerprint,
     embedding: NDArray[np.float32],
     *,
+    model: str,
     policy: DuplicatePolicy,
     exclude: Key,
     limit: int = 50,
@@ -108,7 +111,7 @@ def late_matcher(
     async def late(conn: asyncpg.Connection, known: set[Key]) -> list[Match]:
         records = await hash_neighbours(conn, tenant_id, query, limit=limit)
         extra = [r for r in records if (r.collection_id, r.image_id) not in {*known, exclude}]
-        return await _classify(backend, tenant_id, policy, query, embedding, extra)
+        return await _classify(backend, tenant_id, policy, query, (model, embedding), extra)
 
     return late
 
@@ -118,13 +121,16 @@ async def _classify(
     tenant_id: str,
     policy: DuplicatePolicy,
     query: Fingerprint,
-    embedding: NDArray[np.float32],
+    embedded: tuple[str, NDArray[np.float32]],
     records: Iterable[ImageRecord],
 ) -> list[Match]:
+    """Matches among ``records`` for the query, whose ``embedded`` is (model, embedding)."""
     records = list(records)
     if not records:
         return []
-    vectors = await backend.vectors.get_vectors(tenant_id, [(r.collection_id, r.image_id) for r in records])
+    model, embedding = embedded
+    keys = [(r.collection_id, r.image_id) for r in records]
+    vectors = await backend.vectors.get_vectors(tenant_id, keys, model=model)
     found = []
     for record in records:
         key = (record.collection_id, record.image_id)

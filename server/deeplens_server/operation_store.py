@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from deeplens_server import model_pointer
 from deeplens_server import operations as op_states
 from deeplens_server.db import ScopedPool, scoped
 from deeplens_server.duplicate_store import LateMatcher, store_image
@@ -137,6 +138,37 @@ class OperationStore:
             )
             return _operation(row), True
 
+    async def create_reindex(
+        self, tenant_id: str, operation_id: str, *, target: str, default_model: str
+    ) -> OperationRecord:
+        """Starts a re-index to ``target``: in one transaction, marks the tenant's pointer (under its row lock,
+        so every image stored before is in this snapshot and every image stored after is embedded with the
+        target too) and creates the operation with one item per image the tenant holds."""
+        async with scoped(self._pool, tenant_id) as conn:
+            models = await model_pointer.begin_reindex(conn, tenant_id, target, operation_id, default_model)
+            row = await conn.fetchrow(
+                "INSERT INTO operations (tenant_id, id, kind, state, total, payload) "
+                "VALUES ($1, $2, $3, $4, (SELECT count(*) FROM images WHERE tenant_id = $1), $5) RETURNING *",
+                tenant_id,
+                operation_id,
+                op_states.KIND_REINDEX,
+                op_states.PENDING,
+                {"model": target, "previous_model": models.active},
+            )
+            await conn.execute(
+                "INSERT INTO operation_items (tenant_id, operation_id, item, state, source) "
+                "SELECT $1, $2, (row_number() OVER (ORDER BY collection_id, image_id)) - 1, $3, "
+                "jsonb_build_object('collection_id', collection_id, 'image_id', image_id) "
+                "FROM images WHERE tenant_id = $1",
+                tenant_id,
+                operation_id,
+                op_states.ITEM_PENDING,
+            )
+            record = _operation(row)
+            if _complete(record):  # nothing to embed: the switch is immediate
+                record = await self._end(conn, record, op_states.reindex_outcome, None)
+            return record
+
     async def get(self, tenant_id: str, operation_id: str) -> OperationRecord:
         row = await self._db.fetchrow(
             tenant_id, "SELECT * FROM operations WHERE tenant_id = $1 AND id = $2", tenant_id, operation_id
@@ -189,6 +221,19 @@ class OperationStore:
         )
         return [_item(r) for r in rows]
 
+    async def pending_of(self, tenant_id: str, operation_id: str, numbers: Sequence[int]) -> list[ItemRecord]:
+        """Those of the items ``numbers`` still pending."""
+        rows = await self._db.fetch(
+            tenant_id,
+            "SELECT * FROM operation_items WHERE tenant_id = $1 AND operation_id = $2 AND item = ANY($3) "
+            "AND state = $4 ORDER BY item",
+            tenant_id,
+            operation_id,
+            list(numbers),
+            op_states.ITEM_PENDING,
+        )
+        return [_item(r) for r in rows]
+
     async def pending_items(self, tenant_id: str, operation_id: str) -> list[int]:
         rows = await self._db.fetch(
             tenant_id,
@@ -223,13 +268,17 @@ class OperationStore:
         image: ImageRecord | None = None,
         matches: Sequence[Match] = (),
         late_matches: LateMatcher | None = None,
+        embedded_under: int | None = None,
     ) -> tuple[OperationRecord, bool]:
         """Moves a pending item to ``state`` and counts it; returns the operation and whether this call
         counted (False: the item had already left PENDING — a re-delivery). ``image`` and its duplicate
         ``matches`` (plus ``late_matches``' under the tenant's lock) are stored only then, in the same
-        transaction."""
+        transaction. ``embedded_under`` is the tenant's model generation the image was embedded under: if a
+        re-index started or switched since, nothing is stored and MODEL_CHANGED (retryable) is raised."""
         async with scoped(self._pool, tenant_id) as conn:
             op = await _lock(conn, tenant_id, operation_id)
+            if image is not None and embedded_under is not None:
+                await model_pointer.check_generation(conn, tenant_id, embedded_under)
             moved = await conn.fetchval(
                 "UPDATE operation_items SET state = $4, error = $5, update_time = now() "
                 "WHERE tenant_id = $1 AND operation_id = $2 AND item = $3 AND state = $6 RETURNING item",
@@ -256,6 +305,42 @@ class OperationStore:
             if _complete(record):
                 record = await self._end(conn, record, outcome, error)
             return record, True
+
+    async def finish_items(
+        self, tenant_id: str, operation_id: str, results: Sequence[tuple[int, int, bytes | None]], *, outcome: Outcome
+    ) -> OperationRecord:
+        """Moves pending items to their states — (item, state, error) each — and counts them, in one
+        transaction; items no longer pending (a re-delivery) are skipped."""
+        async with scoped(self._pool, tenant_id) as conn:
+            op = await _lock(conn, tenant_id, operation_id)
+            moved = await conn.fetch(
+                "UPDATE operation_items i SET state = r.state, error = r.error, update_time = now() "
+                "FROM unnest($3::int[], $4::int[], $5::bytea[]) AS r(item, state, error) "
+                "WHERE i.tenant_id = $1 AND i.operation_id = $2 AND i.item = r.item AND i.state = $6 "
+                "RETURNING i.state",
+                tenant_id,
+                operation_id,
+                [r[0] for r in results],
+                [r[1] for r in results],
+                [r[2] for r in results],
+                op_states.ITEM_PENDING,
+            )
+            if not moved:
+                return _operation(op)
+            states = [m["state"] for m in moved]
+            row = await conn.fetchrow(
+                "UPDATE operations SET processed = processed + $3, succeeded = succeeded + $4, failed = failed + $5, "
+                "update_time = now() WHERE tenant_id = $1 AND id = $2 RETURNING *",
+                tenant_id,
+                operation_id,
+                len(states),
+                sum(st == op_states.ITEM_SUCCEEDED for st in states),
+                sum(st in op_states.ITEM_FAILED_STATES for st in states),
+            )
+            record = _operation(row)
+            if _complete(record):
+                record = await self._end(conn, record, outcome, None)
+            return record
 
     async def add_items(
         self,
@@ -301,6 +386,9 @@ class OperationStore:
         conn: asyncpg.Connection, record: OperationRecord, outcome: Outcome, last_error: bytes | None
     ) -> OperationRecord:
         state, response, error = outcome(record, last_error)
+        if record.kind == op_states.KIND_REINDEX:
+            # The tenant's searches move to the new model in the transaction that ends the re-index.
+            await model_pointer.end_reindex(conn, record.tenant_id, record.id, switch=state == op_states.SUCCEEDED)
         row = await conn.fetchrow(
             "UPDATE operations SET state = $3, stage = 'done', response = $4, error = $5, update_time = now(), "
             "end_time = now() WHERE tenant_id = $1 AND id = $2 RETURNING *",

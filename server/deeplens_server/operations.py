@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from deeplens.v1 import ingest_service_pb2, resources_pb2
+from deeplens.v1 import admin_service_pb2, ingest_service_pb2, resources_pb2
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import status_pb2
@@ -34,6 +35,7 @@ KIND_INGEST_IMAGE = "ingest_image"
 KIND_INGEST_BATCH = "ingest_batch"
 KIND_PURGE_TENANT = "purge_tenant"
 KIND_SCAN_LOCATION = "scan_location"
+KIND_REINDEX = "reindex_tenant"
 FAILURES_IN_METADATA = 20
 
 
@@ -81,6 +83,29 @@ def scan_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[int
         succeeded=record.succeeded, failed=record.failed, **{k: int(v) for k, v in counts.items()}
     )
     return SUCCEEDED, pack(response), None
+
+
+def reindex_outcome(record: OperationRecord, last_error: bytes | None) -> tuple[int, bytes | None, bytes | None]:
+    """A re-index succeeds (and the tenant switches models) only when every image was embedded again."""
+    previous = str(record.payload.get("previous_model", ""))
+    if record.cancel_requested:
+        return CANCELLED, None, _status(Cancelled(f"the re-index was cancelled; the tenant stays on {previous}"))
+    if record.failed > 0:
+        error = Aborted(
+            f"{record.failed} images could not be embedded again; the tenant stays on {previous}",
+            reason="REINDEX_INCOMPLETE",
+            metadata={"failed": str(record.failed)},
+        )
+        return FAILED, None, _status(error)
+    response = admin_service_pb2.ReindexTenantResponse(
+        model=str(record.payload.get("model", "")), previous_model=previous, images=record.succeeded
+    )
+    return SUCCEEDED, pack(response), None
+
+
+def outcome_of(kind: str) -> Callable[[OperationRecord, bytes | None], tuple[int, bytes | None, bytes | None]]:
+    """How an operation of ``kind`` ends once all its items are counted."""
+    return {KIND_REINDEX: reindex_outcome, KIND_SCAN_LOCATION: scan_outcome}.get(kind, batch_outcome)
 
 
 def _status(error: DeepLensError) -> bytes:

@@ -52,6 +52,8 @@ POLICIES: dict[str, MethodPolicy] = {
     "/deeplens.v1.AdminService/GetTenantStats": MethodPolicy(_V, False),
     "/deeplens.v1.AdminService/GetSystemHealth": MethodPolicy(_P, False),
     "/deeplens.v1.AdminService/ListModels": MethodPolicy(_V, False),
+    "/deeplens.v1.AdminService/ReindexTenant": MethodPolicy(_A, True),
+    "/deeplens.v1.AdminService/BatchReindexTenants": MethodPolicy(_P, True),
     "/deeplens.v1.AdminService/CreateCollection": MethodPolicy(_E, True),
     "/deeplens.v1.AdminService/GetCollection": MethodPolicy(_V, False),
     "/deeplens.v1.AdminService/ListCollections": MethodPolicy(_V, False),

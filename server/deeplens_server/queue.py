@@ -7,8 +7,12 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
 
 from deeplens_server.errors import Unavailable
+from deeplens_server.operations import KIND_REINDEX
 
 INGEST_ITEM_JOB = "ingest_item"
+REINDEX_ITEMS_JOB = "reindex_items"
+# Images per re-index job: one batch for the inference server.
+REINDEX_PAGE = 32
 
 
 def job_id(kind: str, tenant_id: str, operation_id: str, suffix: str = "") -> str:
@@ -37,10 +41,21 @@ class JobQueue:
         return int(await self._redis.zcard(self._queue_name))
 
     async def enqueue_items(
-        self, tenant_id: str, operation_id: str, items: list[int], generation: int, trace_carrier: dict[str, str]
+        self,
+        tenant_id: str,
+        operation_id: str,
+        items: list[int],
+        generation: int,
+        trace_carrier: dict[str, str],
+        *,
+        kind: str = "",
     ) -> None:
-        """One job per item; ids carry the item and the operation's generation (bumped on resume), so a
-        repeated enqueue is a no-op while a resumed operation re-delivers what is still pending."""
+        """One job per item (a re-index: per page of items); ids carry the item and the operation's generation
+        (bumped on resume), so a repeated enqueue is a no-op while a resumed operation re-delivers what is
+        still pending."""
+        if kind == KIND_REINDEX:
+            await self._enqueue_pages(tenant_id, operation_id, items, generation, trace_carrier)
+            return
         try:
             for item in items:
                 await self._redis.enqueue_job(
@@ -50,6 +65,24 @@ class JobQueue:
                     item,
                     trace_carrier,
                     _job_id=job_id(INGEST_ITEM_JOB, tenant_id, operation_id, f":{item}:{generation}"),
+                    _queue_name=self._queue_name,
+                )
+        except RedisError as exc:
+            raise Unavailable("the job queue is unavailable") from exc
+
+    async def _enqueue_pages(
+        self, tenant_id: str, operation_id: str, items: list[int], generation: int, trace_carrier: dict[str, str]
+    ) -> None:
+        try:
+            for start in range(0, len(items), REINDEX_PAGE):
+                page = items[start : start + REINDEX_PAGE]
+                await self._redis.enqueue_job(
+                    REINDEX_ITEMS_JOB,
+                    tenant_id,
+                    operation_id,
+                    page,
+                    trace_carrier,
+                    _job_id=job_id(REINDEX_ITEMS_JOB, tenant_id, operation_id, f":{page[0]}:{generation}"),
                     _queue_name=self._queue_name,
                 )
         except RedisError as exc:

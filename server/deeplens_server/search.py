@@ -69,10 +69,12 @@ async def decode_query(backend: Backend, content: bytes) -> DecodedImage:
     return await asyncio.to_thread(decode_image, content, backend.limits)
 
 
-async def embed_decoded(backend: Backend, decoded: DecodedImage, *, timeout: float | None) -> NDArray[np.float32]:
+async def embed_decoded(
+    backend: Backend, decoded: DecodedImage, *, model: str, timeout: float | None
+) -> NDArray[np.float32]:
     """The query path's preprocessing is the ingest path's: ``decode_image`` then ``model_input``."""
     batch = model_input(decoded.working)[np.newaxis]
-    embeddings: NDArray[np.float32] = await backend.embedder.embed(batch, timeout=timeout)
+    embeddings: NDArray[np.float32] = await backend.embedder.embed(batch, model=model, timeout=timeout)
     return np.asarray(embeddings[0], dtype=np.float32)
 
 
@@ -82,20 +84,21 @@ async def query_content(backend: Backend, query: SearchQuery) -> bytes | None:
     return query.content
 
 
-async def search_similar(backend: Backend, query: SearchQuery, *, timeout: float | None) -> list[SearchHit]:
+async def search_similar(backend: Backend, query: SearchQuery, *, model: str, timeout: float | None) -> list[SearchHit]:
+    """The query's nearest images under ``model`` (the tenant's), the query embedded with the same model."""
     tenant = query.scope.tenant
     exclude: tuple[str, str] | None = None
     colour: NDArray[np.float32] | None = None
     content = await query_content(backend, query)
     if query.image is not None:
         exclude = (query.image.collection, query.image.image)
-        embedding = await backend.vectors.get_embedding(tenant, *exclude)
+        embedding = await backend.vectors.get_embedding(tenant, *exclude, model=model)
         if query.ranking != VISUAL:
-            colours = await backend.vectors.get_vectors(tenant, [exclude], signal="colour")
+            colours = await backend.vectors.get_vectors(tenant, [exclude], model=model, signal="colour")
             colour = colours.get(exclude)
     elif content is not None:
         decoded = await decode_query(backend, content)
-        embedding = await embed_decoded(backend, decoded, timeout=timeout)
+        embedding = await embed_decoded(backend, decoded, model=model, timeout=timeout)
         colour = await asyncio.to_thread(colour_signature, decoded.working)
     else:
         raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
@@ -108,22 +111,22 @@ async def search_similar(backend: Backend, query: SearchQuery, *, timeout: float
     if query.ranking in (VISUAL, COMBINED):
         limit = window if query.ranking == VISUAL else max(3 * window, 100)
         for h in await backend.vectors.search(
-            tenant, embedding, limit=min(limit, MAX_RESULTS * 3), condition=condition, exclude=exclude,
-            timeout=timeout,
+            tenant, embedding, model=model, limit=min(limit, MAX_RESULTS * 3), condition=condition,
+            exclude=exclude, timeout=timeout,
         ):  # fmt: skip
             visual_scores[(h.collection_id, h.image_id)] = h.score
     if query.ranking in (COLOUR, COMBINED) and colour is not None:
         limit = window if query.ranking == COLOUR else max(3 * window, 100)
         for h in await backend.vectors.search(
-            tenant, colour, limit=min(limit, MAX_RESULTS * 3), signal="colour", condition=condition,
-            exclude=exclude, timeout=timeout,
+            tenant, colour, model=model, limit=min(limit, MAX_RESULTS * 3), signal="colour",
+            condition=condition, exclude=exclude, timeout=timeout,
         ):  # fmt: skip
             colour_scores[(h.collection_id, h.image_id)] = h.score
     keys = list(dict.fromkeys([*visual_scores, *colour_scores]))
     if query.ranking != VISUAL:
-        await _fill(backend, tenant, keys, embedding, visual_scores, "embedding")
+        await _fill(backend, tenant, model, keys, embedding, visual_scores, "embedding")
         if colour is not None:
-            await _fill(backend, tenant, keys, colour, colour_scores, "colour")
+            await _fill(backend, tenant, model, keys, colour, colour_scores, "colour")
 
     def score(key: tuple[str, str]) -> float:
         if query.ranking == VISUAL:
@@ -149,6 +152,7 @@ async def search_similar(backend: Backend, query: SearchQuery, *, timeout: float
 async def _fill(
     backend: Backend,
     tenant: str,
+    model: str,
     keys: list[tuple[str, str]],
     query: NDArray[np.float32],
     scores: dict[tuple[str, str], float],
@@ -158,7 +162,7 @@ async def _fill(
     missing = [k for k in keys if k not in scores]
     if not missing:
         return
-    vectors = await backend.vectors.get_vectors(tenant, missing, signal=signal)
+    vectors = await backend.vectors.get_vectors(tenant, missing, model=model, signal=signal)
     q = query / (np.linalg.norm(query) or 1.0)
     for key, vector in vectors.items():
         scores[key] = float(np.dot(q, vector / (np.linalg.norm(vector) or 1.0)))

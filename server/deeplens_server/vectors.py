@@ -1,8 +1,8 @@
 """The one module that talks to Milvus. Every search, query, upsert and delete is scoped to one tenant here.
 
-One collection per embedding model version (``images__{model}__v{version}``), tenant as partition key, so
-vectors of different models are never compared. The same code serves Milvus Lite (``milvus-lite server``)
-and Milvus standalone/distributed: only the URI differs.
+One collection per embedding model version (``images__{model}__v{version}``), tenant as partition key;
+every read names the model version, so vectors of different models are never compared. The same code serves
+Milvus Lite (``milvus-lite server``) and Milvus standalone/distributed: only the URI differs.
 """
 
 from __future__ import annotations
@@ -129,26 +129,30 @@ class _Traced:
 
 
 class VectorIndex:
-    """Two collections: embeddings (one per model version) and colour histograms (model-independent)."""
+    """Embeddings, one collection per model version (a tenant's searches read its model's only), and colour
+    histograms (model-independent). Every method names the model whose collection it reads or writes;
+    deletes reach every model's collection, so nothing of a tenant outlives it."""
 
-    def __init__(self, uri: str, *, token: str, model: str, version: str, dim: int) -> None:
+    def __init__(self, uri: str, *, token: str) -> None:
         self._uri = uri
         self._token = token
-        self._dim = dim
-        self.collection = collection_name(model, version)
         self.colour_collection = colour_collection_name()
         self._client: AsyncMilvusClient | None = None
+        self._ready: set[str] = set()
         # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
         self._write_lock = asyncio.Lock()
 
-    def _ensure_collection_sync(self) -> None:
+    @staticmethod
+    def collection(model: str) -> str:
+        """The collection holding ``model``'s (``name@version``) embeddings."""
+        name, _, version = model.partition("@")
+        return collection_name(name, version)
+
+    def _ensure_sync(self, wanted: list[tuple[str, str, int]]) -> None:
         # AsyncMilvusClient.create_collection is not implemented by Milvus Lite, so setup uses the sync client.
         client = MilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
         try:
-            for name, field, dim in (
-                (self.collection, "embedding", self._dim),
-                (self.colour_collection, "colour", COLOUR_DIM),
-            ):
+            for name, field, dim in wanted:
                 if not client.has_collection(name):
                     index = client.prepare_index_params()
                     index.add_index(
@@ -164,9 +168,20 @@ class VectorIndex:
         finally:
             client.close()
 
+    async def ensure(self, model: str, dim: int) -> None:
+        """Creates (if missing) and loads ``model``'s collection for ``dim``-dimensional embeddings."""
+        name = self.collection(model)
+        if name in self._ready:
+            return
+        try:
+            await asyncio.to_thread(self._ensure_sync, [(name, "embedding", dim)])
+        except MilvusException as exc:
+            raise Unavailable("the vector index is unavailable") from exc
+        self._ready.add(name)
+
     async def open(self) -> None:
         try:
-            await asyncio.to_thread(self._ensure_collection_sync)
+            await asyncio.to_thread(self._ensure_sync, [(self.colour_collection, "colour", COLOUR_DIM)])
             self._client = AsyncMilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
@@ -193,35 +208,49 @@ class VectorIndex:
             expr += f" and collection_id == {_quote(collection_id)}"
         return expr
 
+    async def _all_collections(self) -> list[str]:
+        """Every model's embedding collection that exists, and the colour collection."""
+        suffix = f"__s{SCHEMA_VERSION}"
+        names = await self._c.list_collections()
+        return [n for n in names if n.startswith("images__") and n.endswith(suffix)] + [self.colour_collection]
+
     async def ping(self) -> None:
         try:
-            await self._c.has_collection(self.collection)
+            await self._c.has_collection(self.colour_collection)
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
-    async def upsert(self, tenant_id: str, records: list[VectorRecord]) -> None:
-        def row(r: VectorRecord, field: str, vector: NDArray[np.float32]) -> dict[str, Any]:
-            return {
-                "pk": self._pk(tenant_id, r.collection_id, r.image_id),
-                "tenant_id": tenant_id,
-                "collection_id": r.collection_id,
-                "image_id": r.image_id,
-                **{name: r.fields[name] for name in SCALAR_FIELDS},
-                field: vector.astype(np.float32).tolist(),
-            }
+    @staticmethod
+    def _row(tenant_id: str, r: VectorRecord, field: str, vector: NDArray[np.float32]) -> dict[str, Any]:
+        return {
+            "pk": VectorIndex._pk(tenant_id, r.collection_id, r.image_id),
+            "tenant_id": tenant_id,
+            "collection_id": r.collection_id,
+            "image_id": r.image_id,
+            **{name: r.fields[name] for name in SCALAR_FIELDS},
+            field: vector.astype(np.float32).tolist(),
+        }
 
+    async def upsert(self, tenant_id: str, model: str, records: list[VectorRecord], *, colour: bool = True) -> None:
+        """Writes the records' embeddings into ``model``'s collection and (with ``colour``) their colour
+        histograms."""
         try:
             async with self._write_lock:
-                await self._c.upsert(self.collection, [row(r, "embedding", r.embedding) for r in records])
-                await self._c.upsert(self.colour_collection, [row(r, "colour", r.colour) for r in records])
+                rows = [self._row(tenant_id, r, "embedding", r.embedding) for r in records]
+                await self._c.upsert(self.collection(model), rows)
+                if colour:
+                    rows = [self._row(tenant_id, r, "colour", r.colour) for r in records]
+                    await self._c.upsert(self.colour_collection, rows)
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
-    async def delete(self, tenant_id: str, *, collection_id: str | None = None) -> None:
-        """Deletes the tenant's vectors (one collection's, if given)."""
+    async def delete(self, tenant_id: str, *, collection_id: str | None = None, model: str | None = None) -> None:
+        """Deletes the tenant's vectors (one collection's, if given) from every model's collection and the
+        colour collection — or only from ``model``'s embeddings."""
         try:
             async with self._write_lock:
-                for name in (self.collection, self.colour_collection):
+                names = [self.collection(model)] if model is not None else await self._all_collections()
+                for name in names:
                     await self._c.delete(name, filter=self._scope(tenant_id, collection_id))
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
@@ -233,25 +262,29 @@ class VectorIndex:
         pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
         try:
             async with self._write_lock:
-                for name in (self.collection, self.colour_collection):
+                for name in await self._all_collections():
                     await self._c.delete(name, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
-    async def count(self, tenant_id: str) -> int:
+    async def count(self, tenant_id: str, model: str) -> int:
+        """The tenant's embeddings in ``model``'s collection."""
         try:
-            rows = await self._c.query(self.collection, filter=self._scope(tenant_id), output_fields=["count(*)"])
+            rows = await self._c.query(
+                self.collection(model), filter=self._scope(tenant_id), output_fields=["count(*)"]
+            )
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
         return int(rows[0]["count(*)"]) if rows else 0
 
     async def get_vectors(
-        self, tenant_id: str, keys: list[tuple[str, str]], *, signal: str = "embedding"
+        self, tenant_id: str, keys: list[tuple[str, str]], *, model: str, signal: str = "embedding"
     ) -> dict[tuple[str, str], NDArray[np.float32]]:
-        """Stored vectors (``embedding`` or ``colour``) of these (collection, image) keys; missing ones are absent."""
+        """Stored vectors (``model``'s embeddings, or ``colour``) of these (collection, image) keys; missing
+        ones are absent."""
         if not keys:
             return {}
-        name = self.collection if signal == "embedding" else self.colour_collection
+        name = self.collection(model) if signal == "embedding" else self.colour_collection
         pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
         try:
             rows = await self._c.query(
@@ -267,8 +300,10 @@ class VectorIndex:
             if r["tenant_id"] == tenant_id
         }
 
-    async def get_embedding(self, tenant_id: str, collection_id: str, image_id: str) -> NDArray[np.float32]:
-        found = await self.get_vectors(tenant_id, [(collection_id, image_id)])
+    async def get_embedding(
+        self, tenant_id: str, collection_id: str, image_id: str, *, model: str
+    ) -> NDArray[np.float32]:
+        found = await self.get_vectors(tenant_id, [(collection_id, image_id)], model=model)
         if not found:
             raise NotFound(
                 "image",
@@ -282,6 +317,7 @@ class VectorIndex:
         tenant_id: str,
         vector: NDArray[np.float32],
         *,
+        model: str,
         limit: int,
         offset: int = 0,
         signal: str = "embedding",
@@ -289,13 +325,14 @@ class VectorIndex:
         exclude: tuple[str, str] | None = None,
         timeout: float | None = None,
     ) -> list[VectorHit]:
-        """Nearest vectors of the tenant, best first; ``condition`` is an extra Milvus filter expression."""
+        """Nearest vectors of the tenant in ``model``'s collection (or the colour one), best first; ``condition``
+        is an extra Milvus filter expression."""
         expr = self._scope(tenant_id)
         if condition:
             expr += f" and ({condition})"
         if exclude is not None:
             expr += f" and pk != {_quote(self._pk(tenant_id, *exclude))}"
-        name = self.collection if signal == "embedding" else self.colour_collection
+        name = self.collection(model) if signal == "embedding" else self.colour_collection
         params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(64, limit + offset)}}
         if offset:
             params["offset"] = offset

@@ -16,14 +16,14 @@ from deeplens_server.errors import DeepLensError, Unavailable
 from deeplens_server.logs import bind_tenant, unbind_tenant
 from deeplens_server.metrics import serve_metrics
 from deeplens_server.operations import KIND_PURGE_TENANT, KIND_SCAN_LOCATION
-from deeplens_server.queue import INGEST_ITEM_JOB
+from deeplens_server.queue import INGEST_ITEM_JOB, REINDEX_ITEMS_JOB
 from deeplens_server.status import to_rpc_status
 from deeplens_server.telemetry import setup_tracing, shutdown_tracing, span
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from deeplens_worker import pipeline, purge, scan
+from deeplens_worker import pipeline, purge, reindex, scan
 
 _log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL_SECONDS = 5
@@ -113,6 +113,24 @@ async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, t
         return "failed"
 
 
+async def reindex_items(
+    ctx: dict[str, Any], tenant_id: str, operation_id: str, items: list[int], trace_carrier: dict[str, str]
+) -> str:
+    try:
+        step = lambda b: reindex.reindex_items(b, tenant_id, operation_id, items)  # noqa: E731
+        return await _run(ctx, step, trace_carrier, "reindex_items", tenant_id)
+    except Unavailable as exc:
+        failure: DeepLensError = exc
+    except Exception:  # a defect or an unexpected OS error: retried, then dead letters — never a hung re-index
+        _log.exception("re-index %s/%s %s failed unexpectedly", tenant_id, operation_id, items[:1])
+        failure = DeepLensError("the page failed unexpectedly")
+    retry = _retry_or_none(ctx, failure, f"re-index {tenant_id}/{operation_id} from #{items[0]}")
+    if retry is not None:
+        raise retry
+    await reindex.fail_items(ctx["backend"], tenant_id, operation_id, items, failure)
+    return "dead letters"
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     setup_tracing("deeplens-worker")
     serve_metrics(ctx["settings"].worker_metrics_listen)
@@ -133,6 +151,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             arq_func(ingest_item, name=INGEST_ITEM_JOB, timeout=settings.job_timeout_seconds),
             arq_func(purge_tenant, name=KIND_PURGE_TENANT, timeout=settings.job_timeout_seconds),
             arq_func(scan_location, name=KIND_SCAN_LOCATION, timeout=settings.job_timeout_seconds),
+            arq_func(reindex_items, name=REINDEX_ITEMS_JOB, timeout=settings.job_timeout_seconds),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,7 @@ async def _finish(
     image: ImageRecord | None = None,
     matches: Sequence[Match] = (),
     late_matches: LateMatcher | None = None,
+    embedded_under: int | None = None,
 ) -> OperationRecord:
     final, counted = await backend.ops.finish_item(
         record.tenant_id,
@@ -108,6 +109,7 @@ async def _finish(
         image=image,
         matches=matches,
         late_matches=late_matches,
+        embedded_under=embedded_under,
     )
     if counted:
         IMAGES.labels(_OUTCOMES.get(state, "other")).inc()
@@ -157,7 +159,13 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     except (ImageRejected, NotFound) as exc:
         return await _finish(backend, record, item, operations.ITEM_FAILED, error=exc)
 
-    embedding = (await backend.embedder.embed(analysis.model_input[np.newaxis], timeout=EMBED_TIMEOUT_SECONDS))[0]
+    # Embedded with the tenant's model, and with the one a running re-index is filling (see model_pointer).
+    models = await backend.tenant_models(tenant_id)
+    batch = analysis.model_input[np.newaxis]
+    embedded = await asyncio.gather(
+        *(backend.embedder.embed(batch, model=m, timeout=EMBED_TIMEOUT_SECONDS) for m in models.writes)
+    )
+    embedding = embedded[0][0]
     collection_id, image_id = source["collection_id"], source["image_id"]
     header, hashes, sha256 = analysis.decoded.header, analysis.hashes, analysis.decoded.sha256
     image = ImageRecord(
@@ -172,7 +180,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         size_bytes=analysis.decoded.size_bytes,
         phash=hashes.phash,
         dhash=hashes.dhash,
-        model=backend.embedder.model_id,
+        model=models.active,
         tags=list(source.get("tags", [])),
         exif=analysis.decoded.exif,
         thumbnails=sorted(analysis.thumbnails),
@@ -180,7 +188,12 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         detail_hash=hashes.detail,
         hash_variants=[":".join(v) for v in hashes.variants],
     )
-    await backend.vectors.upsert(tenant_id, [VectorRecord.of(image, embedding, analysis.colour)])
+    vector = VectorRecord.of(image, embedding, analysis.colour)
+    await backend.vectors.upsert(tenant_id, models.active, [vector])
+    if models.reindex is not None:
+        await backend.vectors.upsert(
+            tenant_id, models.reindex, [replace(vector, embedding=embedded[1][0])], colour=False
+        )
     await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
     query = Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
     policy = await backend.repo.duplicate_policy(tenant_id)
@@ -190,15 +203,25 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         tenant_id,
         query,
         embedding,
+        model=models.active,
         policy=policy,
         query_keypoints=lambda: keypoints(working),
         exclude=(collection_id, image_id),
         candidates=INGEST_CANDIDATES,
         hash_lookup=False,
     )
-    late = late_matcher(backend, tenant_id, query, embedding, policy=policy, exclude=(collection_id, image_id))
+    late = late_matcher(
+        backend, tenant_id, query, embedding, model=models.active, policy=policy, exclude=(collection_id, image_id)
+    )
     final = await _finish(
-        backend, record, item, operations.ITEM_SUCCEEDED, image=image, matches=matches, late_matches=late
+        backend,
+        record,
+        item,
+        operations.ITEM_SUCCEEDED,
+        image=image,
+        matches=matches,
+        late_matches=late,
+        embedded_under=models.generation,
     )
     _log.info("indexed %s", image_name(tenant_id, collection_id, image_id))
     return final

@@ -10,7 +10,7 @@ from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import duration_pb2
 from opentelemetry import propagate
 
-from deeplens_server import insight, locations, operations, paging
+from deeplens_server import insight, locations, operations, paging, reindex
 from deeplens_server.admin_repository import LIMIT_FIELDS
 from deeplens_server.api.convert import (
     api_key_to_proto,
@@ -23,7 +23,8 @@ from deeplens_server.api.convert import (
 from deeplens_server.auth import Role, mint_key
 from deeplens_server.backend import Backend
 from deeplens_server.duplicates import DEFAULT_POLICY
-from deeplens_server.errors import InvalidArgument
+from deeplens_server.errors import FailedPrecondition, InvalidArgument
+from deeplens_server.model_pointer import split_model_id
 from deeplens_server.names import (
     check_collection_id,
     check_tenant_id,
@@ -87,7 +88,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         if any(getattr(limits, f) < 0 for f in LIMIT_FIELDS):
             raise InvalidArgument("limits must not be negative", field="tenant.limits", reason="INVALID_LIMIT")
         display_name = _display_name(request.tenant.display_name, "tenant.display_name")
-        record = await self._backend.admin.create_tenant(tenant_id, display_name, limits)
+        record = await self._backend.admin.create_tenant(
+            tenant_id, display_name, limits, embedding_model=self._backend.embedder.model_id
+        )
         return admin_service_pb2.CreateTenantResponse(tenant=tenant_to_proto(record))
 
     async def GetTenant(
@@ -116,6 +119,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             },
             pending_items=stats.pending_items,
             queue_depth=stats.queue_depth,
+            embedding_model=stats.embedding_model,
+            reindex_model=stats.reindex_model or "",
         )
 
     async def GetSystemHealth(
@@ -138,10 +143,39 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> admin_service_pb2.ListModelsResponse:
         return admin_service_pb2.ListModelsResponse(
             models=[
-                admin_service_pb2.Model(name=m.name, ready=m.ready, active=m.active, collection=m.collection)
+                admin_service_pb2.Model(
+                    name=m.name, ready=m.ready, active=m.active, collection=m.collection, tenants=m.tenants
+                )
                 for m in await insight.models(self._backend)
             ]
         )
+
+    async def ReindexTenant(
+        self, request: admin_service_pb2.ReindexTenantRequest, context: Context
+    ) -> operations_pb2.Operation:
+        tenant = require_admin_of(parse_tenant(request.name).tenant)
+        await self._backend.admin.get_tenant(tenant)  # NOT_FOUND for a tenant that does not exist
+        record = await reindex.start(self._backend, tenant, request.model)
+        return await describe(self._backend, record)
+
+    async def BatchReindexTenants(
+        self, request: admin_service_pb2.BatchReindexTenantsRequest, context: Context
+    ) -> admin_service_pb2.BatchReindexTenantsResponse:
+        split_model_id(request.model)
+        response = admin_service_pb2.BatchReindexTenantsResponse()
+        after: str | None = None
+        while page := await self._backend.admin.list_tenants(after=after, limit=500, show_deleted=False):
+            after = page[-1].id
+            for tenant in page:
+                try:
+                    record = await reindex.start(self._backend, tenant.id, request.model)
+                except FailedPrecondition as exc:
+                    if exc.reason not in ("MODEL_ALREADY_ACTIVE", "REINDEX_RUNNING"):
+                        raise
+                    response.skipped.append(f"tenants/{tenant.id}")
+                    continue
+                response.operations.append(await describe(self._backend, record))
+        return response
 
     async def ListTenants(
         self, request: admin_service_pb2.ListTenantsRequest, context: Context

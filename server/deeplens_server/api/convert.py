@@ -47,6 +47,8 @@ def tenant_to_proto(record: TenantRecord) -> resources_pb2.Tenant:
         limits=limits_to_proto(record.limits),
         etag=record.etag,
         duplicate_policy=policy_to_proto(DEFAULT_POLICY.override(record.duplicate_policy)),
+        embedding_model=record.embedding_model or "",
+        reindex_model=record.reindex_model or "",
     )
 
 

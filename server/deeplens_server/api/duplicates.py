@@ -95,6 +95,7 @@ class DuplicateRpcs:
             )
         policy = (await backend.repo.duplicate_policy(tenant)).override(policy_overrides(request.policy))
         which = request.WhichOneof("query")
+        model = await backend.model_for(tenant)
         exclude: tuple[str, str] | None = None
         query_keypoints: QueryKeypoints | None = None
         if which == "image_name":
@@ -103,13 +104,13 @@ class DuplicateRpcs:
             exclude = (image.collection, image.image)
             record = await backend.repo.get_image(tenant, *exclude)
             fingerprint = record.fingerprint
-            embedding = await backend.vectors.get_embedding(tenant, *exclude)
+            embedding = await backend.vectors.get_embedding(tenant, *exclude, model=model)
             query_keypoints = await stored_keypoints(backend, tenant, record.sha256)
         elif which == "image_content":
             decoded = await decode_query(backend, request.image_content)
             hashes = perceptual_hashes(decoded.working)
             fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
-            embedding = await embed_decoded(backend, decoded, timeout=context.time_remaining())
+            embedding = await embed_decoded(backend, decoded, model=model, timeout=context.time_remaining())
             working = decoded.working
             query_keypoints = lambda: keypoints(working)  # noqa: E731
         else:
@@ -119,6 +120,7 @@ class DuplicateRpcs:
             tenant,
             fingerprint,
             embedding,
+            model=model,
             policy=policy,
             query_keypoints=query_keypoints,
             collection_id=scope.collection if isinstance(scope, CollectionName) else None,
@@ -132,7 +134,7 @@ class DuplicateRpcs:
         return search_service_pb2.FindDuplicatesResponse(
             matches=[match_to_proto(image_to_proto(rows[m.key], view), m) for m in matches if m.key in rows],
             policy=policy_to_proto(policy),
-            model=backend.embedder.model_id,
+            model=model,
         )
 
     async def ListDuplicateGroups(

@@ -11,7 +11,7 @@ from opentelemetry import propagate
 
 from deeplens_server import operations, paging
 from deeplens_server.backend import Backend
-from deeplens_server.errors import InvalidArgument
+from deeplens_server.errors import FailedPrecondition, InvalidArgument
 from deeplens_server.ingest import ImageUpload, admit_tenant, submit_ingest, submit_upload, submit_url
 from deeplens_server.names import (
     CollectionName,
@@ -160,6 +160,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     ) -> operations_pb2.Operation:
         name = parse_operation(request.name)
         tenant = require_tenant(name.tenant)
+        if (await self._backend.ops.get(tenant, name.operation)).kind == operations.KIND_REINDEX:
+            raise FailedPrecondition(
+                "a re-index that failed is not retried; start a new one", reason="REINDEX_NOT_RETRYABLE"
+            )
         record, revived = await self._backend.ops.revive_dead_letters(tenant, name.operation)
         if revived:
             await self._backend.queue.enqueue_items(tenant, record.id, revived, record.generation, _carrier())
@@ -182,6 +186,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         tenant = require_tenant(name.tenant)
         record = await self._backend.ops.set_paused(tenant, name.operation, False)
         pending = await self._backend.ops.pending_items(tenant, record.id)
-        await self._backend.queue.enqueue_items(tenant, record.id, pending, record.generation, _carrier())
+        await self._backend.queue.enqueue_items(
+            tenant, record.id, pending, record.generation, _carrier(), kind=record.kind
+        )
         await self._backend.events.announce(record)
         return await describe(self._backend, record)

@@ -84,7 +84,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     ) -> empty_pb2.Empty:
         name = parse_operation(request.name)
         tenant = require_tenant(name.tenant)
-        record = await self._backend.ops.cancel(tenant, name.operation, operations.batch_outcome)
+        kind = (await self._backend.ops.get(tenant, name.operation)).kind
+        record = await self._backend.ops.cancel(tenant, name.operation, operations.outcome_of(kind))
         await self._backend.events.announce(record)
         return empty_pb2.Empty()
 

@@ -58,7 +58,8 @@ class SearchServicer(ImageRpcs, DuplicateRpcs, search_service_pb2_grpc.SearchSer
             query = SearchQuery(scope, top_k, min_score, url=request.image_uri, **common)
         else:
             raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
-        hits = await search_similar(self._backend, query, timeout=context.time_remaining())
+        model = await self._backend.model_for(query.scope.tenant)
+        hits = await search_similar(self._backend, query, model=model, timeout=context.time_remaining())
         more = len(hits) == top_k and offset + top_k < MAX_RESULTS
         elapsed = duration_pb2.Duration()
         elapsed.FromNanoseconds(int((time.perf_counter() - started) * 1e9))
@@ -72,7 +73,7 @@ class SearchServicer(ImageRpcs, DuplicateRpcs, search_service_pb2_grpc.SearchSer
                 )
                 for h in hits
             ],
-            model=self._backend.embedder.model_id,
+            model=model,
             next_page_token=paging.encode(str(offset + top_k)) if more else "",
             processing_time=elapsed,
         )

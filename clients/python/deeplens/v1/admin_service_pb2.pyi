@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from deeplens.v1 import resources_pb2 as _resources_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
@@ -972,6 +973,8 @@ class GetTenantStatsResponse(_message.Message):
     OPERATIONS_BY_STATE_FIELD_NUMBER: _builtins.int
     PENDING_ITEMS_FIELD_NUMBER: _builtins.int
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    REINDEX_MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     images: _builtins.int
     bytes: _builtins.int
@@ -982,11 +985,14 @@ class GetTenantStatsResponse(_message.Message):
     reclaimable_bytes: _builtins.int
     """What deleting every unresolved group's non-keepers would free."""
     vectors: _builtins.int
-    """Embeddings of the tenant in the active model's collection."""
+    """Embeddings of the tenant in its model's collection."""
     pending_items: _builtins.int
     """The tenant's items waiting to be indexed (queued, running or waiting for a retry)."""
     queue_depth: _builtins.int
     """Jobs waiting in the shared work queue, all tenants."""
+    embedding_model: _builtins.str
+    """The model version the tenant's searches use, and the one a running re-index is filling (or empty)."""
+    reindex_model: _builtins.str
     @_builtins.property
     def operations_by_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Operations by state, keyed by the OperationState name (e.g. "OPERATION_STATE_SUCCEEDED")."""
@@ -1004,10 +1010,12 @@ class GetTenantStatsResponse(_message.Message):
         operations_by_state: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         pending_items: _builtins.int = ...,
         queue_depth: _builtins.int = ...,
+        embedding_model: _builtins.str = ...,
+        reindex_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "duplicate_groups", b"duplicate_groups", "duplicate_images", b"duplicate_images", "images", b"images", "name", b"name", "operations_by_state", b"operations_by_state", "pending_items", b"pending_items", "queue_depth", b"queue_depth", "reclaimable_bytes", b"reclaimable_bytes", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "duplicate_groups", b"duplicate_groups", "duplicate_images", b"duplicate_images", "embedding_model", b"embedding_model", "images", b"images", "name", b"name", "operations_by_state", b"operations_by_state", "pending_items", b"pending_items", "queue_depth", b"queue_depth", "reclaimable_bytes", b"reclaimable_bytes", "reindex_model", b"reindex_model", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1108,14 +1116,17 @@ class Model(_message.Message):
     READY_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     COLLECTION_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`name@version`."""
     ready: _builtins.bool
     """Loaded and ready on the inference server."""
     active: _builtins.bool
-    """The model new images are embedded with and searches use."""
+    """The default: new tenants start with it (each tenant searches with its own, see Tenant.embedding_model)."""
     collection: _builtins.str
-    """The vector collection its embeddings live in (the active model only)."""
+    """The vector collection its embeddings live in."""
+    tenants: _builtins.int
+    """Live tenants whose searches use it."""
     def __init__(
         self,
         *,
@@ -1123,10 +1134,11 @@ class Model(_message.Message):
         ready: _builtins.bool = ...,
         active: _builtins.bool = ...,
         collection: _builtins.str = ...,
+        tenants: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "collection", b"collection", "name", b"name", "ready", b"ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "collection", b"collection", "name", b"name", "ready", b"ready", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1151,3 +1163,104 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ReindexTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}`."""
+    model: _builtins.str
+    """The model version to move to, `name@version` as ListModels names it (e.g. `mobilenet_v2@1`)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReindexTenantRequest: _TypeAlias = ReindexTenantRequest  # noqa: Y015
+
+@_typing.final
+class ReindexTenantResponse(_message.Message):
+    """Response of the ReindexTenant operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PREVIOUS_MODEL_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model the tenant searches with now, and the one it left."""
+    previous_model: _builtins.str
+    images: _builtins.int
+    """Images embedded with the new model by the operation (images indexed meanwhile are not counted)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        previous_model: _builtins.str = ...,
+        images: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model", "previous_model", b"previous_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReindexTenantResponse: _TypeAlias = ReindexTenantResponse  # noqa: Y015
+
+@_typing.final
+class BatchReindexTenantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model version to move every tenant to, `name@version`."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReindexTenantsRequest: _TypeAlias = BatchReindexTenantsRequest  # noqa: Y015
+
+@_typing.final
+class BatchReindexTenantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[_operations_pb2.Operation]:
+        """One re-index operation per tenant moved."""
+
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tenants already on the model, or already re-indexing (`tenants/{tenant}`)."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[_operations_pb2.Operation] | None = ...,
+        skipped: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReindexTenantsResponse: _TypeAlias = BatchReindexTenantsResponse  # noqa: Y015

@@ -77,6 +77,16 @@ class AdminServiceStub:
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ReindexTenant = channel.unary_unary(
+                '/deeplens.v1.AdminService/ReindexTenant',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.ReindexTenantRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+        self.BatchReindexTenants = channel.unary_unary(
+                '/deeplens.v1.AdminService/BatchReindexTenants',
+                request_serializer=deeplens_dot_v1_dot_admin__service__pb2.BatchReindexTenantsRequest.SerializeToString,
+                response_deserializer=deeplens_dot_v1_dot_admin__service__pb2.BatchReindexTenantsResponse.FromString,
+                _registered_method=True)
         self.CreateCollection = channel.unary_unary(
                 '/deeplens.v1.AdminService/CreateCollection',
                 request_serializer=deeplens_dot_v1_dot_admin__service__pb2.CreateCollectionRequest.SerializeToString,
@@ -207,7 +217,28 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """The embedding models the inference server holds, and the one this deployment indexes and searches with.
+        """The embedding models the inference server holds: which is the default for new tenants, and how many
+        tenants search with each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReindexTenant(self, request, context):
+        """Moves a tenant to another embedding model version: an operation that embeds every image of the tenant
+        into that version's own collection (progress, pause and cancel as for an ingest). Searches keep using the
+        current model meanwhile, and images indexed meanwhile are embedded with both; when every image is in, the
+        tenant's searches switch to the new model in one step. Vectors of different versions are never compared.
+        If any image cannot be re-embedded the operation fails and the tenant stays where it was. Response:
+        `ReindexTenantResponse`. FAILED_PRECONDITION if the tenant already uses the model or a re-index runs.
+        Tenant administrators for their tenant, platform administrators for any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchReindexTenants(self, request, context):
+        """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -349,6 +380,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsRequest.FromString,
                     response_serializer=deeplens_dot_v1_dot_admin__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ReindexTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReindexTenant,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.ReindexTenantRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'BatchReindexTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchReindexTenants,
+                    request_deserializer=deeplens_dot_v1_dot_admin__service__pb2.BatchReindexTenantsRequest.FromString,
+                    response_serializer=deeplens_dot_v1_dot_admin__service__pb2.BatchReindexTenantsResponse.SerializeToString,
             ),
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
@@ -639,6 +680,60 @@ class AdminService:
             '/deeplens.v1.AdminService/ListModels',
             deeplens_dot_v1_dot_admin__service__pb2.ListModelsRequest.SerializeToString,
             deeplens_dot_v1_dot_admin__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReindexTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/ReindexTenant',
+            deeplens_dot_v1_dot_admin__service__pb2.ReindexTenantRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchReindexTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeplens.v1.AdminService/BatchReindexTenants',
+            deeplens_dot_v1_dot_admin__service__pb2.BatchReindexTenantsRequest.SerializeToString,
+            deeplens_dot_v1_dot_admin__service__pb2.BatchReindexTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,7 +56,20 @@ class AdminServiceStub:
     GetSystemHealth: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetSystemHealthRequest, _admin_service_pb2.GetSystemHealthResponse]
     """Each dependency's status and the latency of a round trip to it. Platform administrators only."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]
-    """The embedding models the inference server holds, and the one this deployment indexes and searches with."""
+    """The embedding models the inference server holds: which is the default for new tenants, and how many
+    tenants search with each.
+    """
+    ReindexTenant: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ReindexTenantRequest, _operations_pb2.Operation]
+    """Moves a tenant to another embedding model version: an operation that embeds every image of the tenant
+    into that version's own collection (progress, pause and cancel as for an ingest). Searches keep using the
+    current model meanwhile, and images indexed meanwhile are embedded with both; when every image is in, the
+    tenant's searches switch to the new model in one step. Vectors of different versions are never compared.
+    If any image cannot be re-embedded the operation fails and the tenant stays where it was. Response:
+    `ReindexTenantResponse`. FAILED_PRECONDITION if the tenant already uses the model or a re-index runs.
+    Tenant administrators for their tenant, platform administrators for any.
+    """
+    BatchReindexTenants: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.BatchReindexTenantsRequest, _admin_service_pb2.BatchReindexTenantsResponse]
+    """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators."""
     CreateCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]
     """Creates a collection. Editors and above."""
     GetCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]
@@ -111,7 +124,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetSystemHealth: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetSystemHealthRequest, _admin_service_pb2.GetSystemHealthResponse]  # type: ignore[assignment]
     """Each dependency's status and the latency of a round trip to it. Platform administrators only."""
     ListModels: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListModelsRequest, _admin_service_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """The embedding models the inference server holds, and the one this deployment indexes and searches with."""
+    """The embedding models the inference server holds: which is the default for new tenants, and how many
+    tenants search with each.
+    """
+    ReindexTenant: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ReindexTenantRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Moves a tenant to another embedding model version: an operation that embeds every image of the tenant
+    into that version's own collection (progress, pause and cancel as for an ingest). Searches keep using the
+    current model meanwhile, and images indexed meanwhile are embedded with both; when every image is in, the
+    tenant's searches switch to the new model in one step. Vectors of different versions are never compared.
+    If any image cannot be re-embedded the operation fails and the tenant stays where it was. Response:
+    `ReindexTenantResponse`. FAILED_PRECONDITION if the tenant already uses the model or a re-index runs.
+    Tenant administrators for their tenant, platform administrators for any.
+    """
+    BatchReindexTenants: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.BatchReindexTenantsRequest, _admin_service_pb2.BatchReindexTenantsResponse]  # type: ignore[assignment]
+    """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators."""
     CreateCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]  # type: ignore[assignment]
     """Creates a collection. Editors and above."""
     GetCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]  # type: ignore[assignment]
@@ -211,7 +237,32 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListModelsResponse, _abc.Awaitable[_admin_service_pb2.ListModelsResponse]]:
-        """The embedding models the inference server holds, and the one this deployment indexes and searches with."""
+        """The embedding models the inference server holds: which is the default for new tenants, and how many
+        tenants search with each.
+        """
+
+    @_abc_1.abstractmethod
+    def ReindexTenant(
+        self,
+        request: _admin_service_pb2.ReindexTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Moves a tenant to another embedding model version: an operation that embeds every image of the tenant
+        into that version's own collection (progress, pause and cancel as for an ingest). Searches keep using the
+        current model meanwhile, and images indexed meanwhile are embedded with both; when every image is in, the
+        tenant's searches switch to the new model in one step. Vectors of different versions are never compared.
+        If any image cannot be re-embedded the operation fails and the tenant stays where it was. Response:
+        `ReindexTenantResponse`. FAILED_PRECONDITION if the tenant already uses the model or a re-index runs.
+        Tenant administrators for their tenant, platform administrators for any.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchReindexTenants(
+        self,
+        request: _admin_service_pb2.BatchReindexTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.BatchReindexTenantsResponse, _abc.Awaitable[_admin_service_pb2.BatchReindexTenantsResponse]]:
+        """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators."""
 
     @_abc_1.abstractmethod
     def CreateCollection(

@@ -198,12 +198,19 @@ class Tenant(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     DUPLICATE_POLICY_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    REINDEX_MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `tenants/{tenant}`."""
     display_name: _builtins.str
     """Human-readable name."""
     etag: _builtins.str
     """Changes with every update; give it back in UpdateTenant to refuse lost updates (AIP-154)."""
+    embedding_model: _builtins.str
+    """Output only. The embedding model version (`name@version`) the tenant's images are embedded with and its
+    searches use; AdminService.ReindexTenant moves it. While a re-index runs, `reindex_model` is its target.
+    """
+    reindex_model: _builtins.str
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -232,10 +239,12 @@ class Tenant(_message.Message):
         limits: Global___TenantLimits | None = ...,
         etag: _builtins.str = ...,
         duplicate_policy: Global___DuplicatePolicy | None = ...,
+        embedding_model: _builtins.str = ...,
+        reindex_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "duplicate_policy", b"duplicate_policy", "limits", b"limits", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "duplicate_policy", b"duplicate_policy", "etag", b"etag", "limits", b"limits", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "duplicate_policy", b"duplicate_policy", "embedding_model", b"embedding_model", "etag", b"etag", "limits", b"limits", "name", b"name", "reindex_model", b"reindex_model", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
