@@ -67,6 +67,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, span_sink: tuple[SpanSink, s
     environ = {
         **os.environ,
         "DEEPLENS_JOB_TIMEOUT_SECONDS": "15",
+        "DEEPLENS_RETIRED_VECTORS_GRACE_SECONDS": "1",
         "OTEL_EXPORTER_OTLP_ENDPOINT": span_sink[1],
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",

@@ -78,7 +78,14 @@ def test_cli_end_to_end(stack: Stack, photos: dict[str, bytes], tmp_path: Path) 
     assert health.stdout.count("healthy") == 4
     models = _cli(stack, key, "models")
     assert "efficientnet_lite0@1" in models.stdout
-    assert "active" in models.stdout
+    assert "mobilenet_v2@1" in models.stdout
+    assert "default" in models.stdout
+    moved = _cli(stack, admin, "reindex", tenant, "mobilenet_v2@1")
+    assert moved.returncode == 0, moved.stderr
+    assert "searches with mobilenet_v2@1 now (was efficientnet_lite0@1)" in moved.stdout
+    after = _cli(stack, key, "search", parent, "--file", str(folder / "rocket.jpg"))
+    assert after.stdout.splitlines()[2].split()[:3] == ["1", "1.000", f"{parent}/images/rocket"]
+    assert "from mobilenet_v2@1" in after.stdout
 
     # Errors: one line, the code and the reason, exit 1; a bad path, exit 2; never a traceback.
     denied = _cli(stack, key, "search", "tenants/someone-else", "--name", "tenants/someone-else/collections/c/images/x")

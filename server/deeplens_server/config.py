@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # size comes from the inference server.
     embedding_model: str = "efficientnet_lite0"
     embedding_model_version: str = "1"
+    # After a tenant switches models, its vectors of the old one are removed this much later: searches that
+    # began under the old model finish on a whole collection.
+    retired_vectors_grace_seconds: float = 30.0
 
     queue_name: str = "deeplens:queue"
     job_max_tries: int = 5

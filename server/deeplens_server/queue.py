@@ -11,6 +11,7 @@ from deeplens_server.operations import KIND_REINDEX
 
 INGEST_ITEM_JOB = "ingest_item"
 REINDEX_ITEMS_JOB = "reindex_items"
+RETIRE_VECTORS_JOB = "retire_vectors"
 # Images per re-index job: one batch for the inference server.
 REINDEX_PAGE = 32
 
@@ -85,6 +86,20 @@ class JobQueue:
                     _job_id=job_id(REINDEX_ITEMS_JOB, tenant_id, operation_id, f":{page[0]}:{generation}"),
                     _queue_name=self._queue_name,
                 )
+        except RedisError as exc:
+            raise Unavailable("the job queue is unavailable") from exc
+
+    async def enqueue_retire(self, tenant_id: str, model: str, operation_id: str, after_seconds: float) -> None:
+        """Queues the removal of the tenant's ``model`` vectors, ``after_seconds`` from now."""
+        try:
+            await self._redis.enqueue_job(
+                RETIRE_VECTORS_JOB,
+                tenant_id,
+                model,
+                _job_id=job_id(RETIRE_VECTORS_JOB, tenant_id, operation_id),
+                _defer_by=after_seconds,
+                _queue_name=self._queue_name,
+            )
         except RedisError as exc:
             raise Unavailable("the job queue is unavailable") from exc
 

@@ -10,13 +10,14 @@ from typing import Any
 from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import func as arq_func
+from deeplens_server import reindex as server_reindex
 from deeplens_server.backend import Backend
 from deeplens_server.config import Settings
 from deeplens_server.errors import DeepLensError, Unavailable
 from deeplens_server.logs import bind_tenant, unbind_tenant
 from deeplens_server.metrics import serve_metrics
 from deeplens_server.operations import KIND_PURGE_TENANT, KIND_SCAN_LOCATION
-from deeplens_server.queue import INGEST_ITEM_JOB, REINDEX_ITEMS_JOB
+from deeplens_server.queue import INGEST_ITEM_JOB, REINDEX_ITEMS_JOB, RETIRE_VECTORS_JOB
 from deeplens_server.status import to_rpc_status
 from deeplens_server.telemetry import setup_tracing, shutdown_tracing, span
 from opentelemetry import context as otel_context
@@ -131,6 +132,12 @@ async def reindex_items(
     return "dead letters"
 
 
+async def retire_vectors(ctx: dict[str, Any], tenant_id: str, model: str) -> str:
+    """Retried by arq on failure; vectors left behind are cleared by the next re-index into that model."""
+    await server_reindex.retire_vectors(ctx["backend"], tenant_id, model)
+    return "done"
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     setup_tracing("deeplens-worker")
     serve_metrics(ctx["settings"].worker_metrics_listen)
@@ -152,6 +159,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             arq_func(purge_tenant, name=KIND_PURGE_TENANT, timeout=settings.job_timeout_seconds),
             arq_func(scan_location, name=KIND_SCAN_LOCATION, timeout=settings.job_timeout_seconds),
             arq_func(reindex_items, name=REINDEX_ITEMS_JOB, timeout=settings.job_timeout_seconds),
+            arq_func(retire_vectors, name=RETIRE_VECTORS_JOB, timeout=settings.job_timeout_seconds),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -1,5 +1,5 @@
-"""One page of a re-index operation: embed the images again with the target model, from their stored
-600 px thumbnails (the same working image ingest embedded), into the target model's collection.
+"""One page of a re-index operation: embed the images again with the target model, from their uploaded
+originals (or stored 600 px thumbnails), into the target model's collection.
 
 Safe to run twice: vectors are upserts, and only items still pending are counted. The operation's last page
 ends it — and, in the same transaction, switches the tenant's searches to the new model (``model_pointer``);
@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 from deeplens_server import operations
+from deeplens_server import reindex as server_reindex
 from deeplens_server.backend import Backend
 from deeplens_server.errors import DeepLensError, ImageRejected, NotFound
 from deeplens_server.imaging import decode_image, model_input
@@ -28,7 +29,12 @@ _NO_COLOUR = np.zeros(0, dtype=np.float32)
 
 
 async def _model_input(backend: Backend, tenant_id: str, sha256: str) -> NDArray[np.uint8]:
-    data = await backend.blobs.get_thumbnail(tenant_id, sha256, SOURCE_THUMBNAIL)
+    """The model input ingest made: from the uploaded original when DeepLens stores it, else from the stored
+    600 px thumbnail (images indexed from storage locations or URLs; within JPEG noise of the original)."""
+    try:
+        data = await backend.blobs.get(tenant_id, sha256)
+    except NotFound:
+        data = await backend.blobs.get_thumbnail(tenant_id, sha256, SOURCE_THUMBNAIL)
     decoded = await asyncio.to_thread(decode_image, data, backend.limits)
     return model_input(decoded.working)
 
@@ -76,18 +82,8 @@ async def reindex_items(backend: Backend, tenant_id: str, operation_id: str, ite
     final = await backend.ops.finish_items(tenant_id, operation_id, results, outcome=operations.reindex_outcome)
     await backend.events.announce(final)
     if final.end_time is not None and record.end_time is None:
-        await retire(backend, tenant_id, final)
+        await server_reindex.retire(backend, tenant_id, final)
     return final
-
-
-async def retire(backend: Backend, tenant_id: str, record: OperationRecord) -> None:
-    """After a re-index ends: removes the tenant's vectors from the model it no longer uses — the previous
-    one after a switch, the target otherwise."""
-    switched = record.state == operations.SUCCEEDED
-    model = str(record.payload.get("previous_model" if switched else "model", ""))
-    if model and model != (await backend.tenant_models(tenant_id)).active:
-        await backend.vectors.delete(tenant_id, model=model)
-        _log.info("removed the tenant's %s vectors (%s)", model, "switched" if switched else "re-index ended")
 
 
 async def fail_items(
@@ -105,4 +101,4 @@ async def fail_items(
     )
     await backend.events.announce(final)
     if final.end_time is not None and record.end_time is None:
-        await retire(backend, tenant_id, final)
+        await server_reindex.retire(backend, tenant_id, final)

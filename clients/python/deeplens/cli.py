@@ -26,7 +26,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from deeplens.client import DeepLensClient, error_info, operation_metadata, rpc_status
-from deeplens.v1 import resources_pb2
+from deeplens.v1 import admin_service_pb2, resources_pb2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 ROLES = {"viewer": 1, "uploader": 2, "editor": 3, "admin": 4}
@@ -106,6 +106,10 @@ def _finish(client: DeepLensClient, op: operations_pb2.Operation, args: argparse
         print(json.dumps(_dict(final)))
     else:
         print(f"{final.name}: {m.succeeded} indexed, {m.failed} failed, {m.duplicates} duplicates")
+        if final.response.Is(admin_service_pb2.ReindexTenantResponse.DESCRIPTOR):
+            moved = admin_service_pb2.ReindexTenantResponse()
+            final.response.Unpack(moved)
+            print(f"the tenant searches with {moved.model} now (was {moved.previous_model})")
         if final.HasField("error"):
             print(f"error: {final.error.message}")
     return 1 if final.HasField("error") or m.failed else 0
@@ -239,9 +243,15 @@ def cmd_models(client: DeepLensClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_dict(m) for m in models]))
     else:
-        rows = [(m.name, "yes" if m.ready else "no", "active" if m.active else "", m.collection) for m in models]
-        print(_table(rows, ("model", "ready", "", "collection")))
+        rows = [
+            (m.name, "yes" if m.ready else "no", "default" if m.active else "", m.tenants, m.collection) for m in models
+        ]
+        print(_table(rows, ("model", "ready", "", "tenants", "collection")))
     return 0
+
+
+def cmd_reindex(client: DeepLensClient, args: argparse.Namespace) -> int:
+    return _finish(client, client.reindex_tenant(args.tenant, args.model), args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -296,8 +306,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("health", help="each dependency's status and latency (platform administrators)")
     s.set_defaults(run=cmd_health)
 
-    s = sub.add_parser("models", help="the embedding models, and the active one")
+    s = sub.add_parser("models", help="the embedding models: the default for new tenants, tenants on each")
     s.set_defaults(run=cmd_models)
+
+    s = sub.add_parser("reindex", help="move a tenant to another embedding model (searches switch when done)")
+    s.add_argument("tenant", help="tenant id")
+    s.add_argument("model", help="name@version, as `models` lists it")
+    s.add_argument("--no-wait", action="store_true", help="print the operation and return")
+    s.set_defaults(run=cmd_reindex)
 
     s = sub.add_parser("tenants", help="tenants (platform administrators)")
     s.add_argument("action", choices=("list", "get", "create"))

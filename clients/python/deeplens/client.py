@@ -391,3 +391,8 @@ class DeepLensClient:
     def list_models(self) -> list[admin_service_pb2.Model]:
         request = admin_service_pb2.ListModelsRequest()
         return list(self.admin.ListModels(request, metadata=self._metadata, timeout=self._timeout).models)
+
+    def reindex_tenant(self, tenant: str, model: str) -> operations_pb2.Operation:
+        """Starts moving ``tenant`` to ``model`` (``name@version``); searches switch when it is done."""
+        request = admin_service_pb2.ReindexTenantRequest(name=f"tenants/{tenant}", model=model)
+        return self.admin.ReindexTenant(request, metadata=self._metadata, timeout=self._timeout)

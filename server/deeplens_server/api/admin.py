@@ -162,20 +162,28 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: admin_service_pb2.BatchReindexTenantsRequest, context: Context
     ) -> admin_service_pb2.BatchReindexTenantsResponse:
         split_model_id(request.model)
+        named = [parse_tenant(n, "names").tenant for n in request.names]
+        for tenant in named:
+            await self._backend.admin.get_tenant(tenant)  # NOT_FOUND before anything starts
         response = admin_service_pb2.BatchReindexTenantsResponse()
-        after: str | None = None
-        while page := await self._backend.admin.list_tenants(after=after, limit=500, show_deleted=False):
-            after = page[-1].id
-            for tenant in page:
-                try:
-                    record = await reindex.start(self._backend, tenant.id, request.model)
-                except FailedPrecondition as exc:
-                    if exc.reason not in ("MODEL_ALREADY_ACTIVE", "REINDEX_RUNNING"):
-                        raise
-                    response.skipped.append(f"tenants/{tenant.id}")
-                    continue
-                response.operations.append(await describe(self._backend, record))
+        for tenant in named or await self._live_tenants():
+            try:
+                record = await reindex.start(self._backend, tenant, request.model)
+            except FailedPrecondition as exc:
+                if exc.reason not in ("MODEL_ALREADY_ACTIVE", "REINDEX_RUNNING"):
+                    raise
+                response.skipped.append(f"tenants/{tenant}")
+                continue
+            response.operations.append(await describe(self._backend, record))
         return response
+
+    async def _live_tenants(self) -> list[str]:
+        found: list[str] = []
+        while page := await self._backend.admin.list_tenants(
+            after=found[-1] if found else None, limit=500, show_deleted=False
+        ):
+            found += [t.id for t in page]
+        return found
 
     async def ListTenants(
         self, request: admin_service_pb2.ListTenantsRequest, context: Context

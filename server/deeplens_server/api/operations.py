@@ -12,7 +12,7 @@ from google.longrunning import operations_pb2_grpc
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from google.protobuf import empty_pb2
 
-from deeplens_server import operations, paging
+from deeplens_server import operations, paging, reindex
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.names import parse_operation, parse_tenant
@@ -87,6 +87,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         kind = (await self._backend.ops.get(tenant, name.operation)).kind
         record = await self._backend.ops.cancel(tenant, name.operation, operations.outcome_of(kind))
         await self._backend.events.announce(record)
+        if kind == operations.KIND_REINDEX and record.end_time is not None:
+            await reindex.retire(self._backend, tenant, record)
         return empty_pb2.Empty()
 
     async def DeleteOperation(

@@ -238,7 +238,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchReindexTenants(self, request, context):
-        """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators.
+        """Starts ReindexTenant for every live tenant (or those named) not yet on `model` and not re-indexing.
+        Platform administrators.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -69,7 +69,9 @@ class AdminServiceStub:
     Tenant administrators for their tenant, platform administrators for any.
     """
     BatchReindexTenants: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.BatchReindexTenantsRequest, _admin_service_pb2.BatchReindexTenantsResponse]
-    """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators."""
+    """Starts ReindexTenant for every live tenant (or those named) not yet on `model` and not re-indexing.
+    Platform administrators.
+    """
     CreateCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]
     """Creates a collection. Editors and above."""
     GetCollection: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]
@@ -137,7 +139,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Tenant administrators for their tenant, platform administrators for any.
     """
     BatchReindexTenants: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.BatchReindexTenantsRequest, _admin_service_pb2.BatchReindexTenantsResponse]  # type: ignore[assignment]
-    """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators."""
+    """Starts ReindexTenant for every live tenant (or those named) not yet on `model` and not re-indexing.
+    Platform administrators.
+    """
     CreateCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateCollectionRequest, _admin_service_pb2.CreateCollectionResponse]  # type: ignore[assignment]
     """Creates a collection. Editors and above."""
     GetCollection: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetCollectionRequest, _admin_service_pb2.GetCollectionResponse]  # type: ignore[assignment]
@@ -262,7 +266,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.BatchReindexTenantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.BatchReindexTenantsResponse, _abc.Awaitable[_admin_service_pb2.BatchReindexTenantsResponse]]:
-        """Starts ReindexTenant for every live tenant not yet on `model` and not re-indexing. Platform administrators."""
+        """Starts ReindexTenant for every live tenant (or those named) not yet on `model` and not re-indexing.
+        Platform administrators.
+        """
 
     @_abc_1.abstractmethod
     def CreateCollection(
