@@ -5,6 +5,7 @@
     python3 dev.py test     # lint, type-check, generated-code check, then the test suite on a real stack
 
 Other commands: up, down, status (the embedded stack), gen (regenerate gRPC code), model (export ONNX),
+triton-repo OUT (a model repository for NVIDIA's Triton container: native onnxruntime backend, GPU when present),
 lock (rewrite requirements/lock.txt), proto-lint (buf lint + breaking-change check against the last
 release), proto-release (record the contract as released: proto/releases/latest.binpb).
 """
@@ -145,6 +146,13 @@ def main(argv: list[str]) -> int:
         return 0
     ensure_models()
     if command == "model":
+        return 0
+    if command == "triton-repo":
+        if len(rest) != 1:
+            print("usage: python3 dev.py triton-repo OUT_DIR", file=sys.stderr)
+            return 2
+        for config in _catalog().write_native_repository(Path(rest[0]).resolve()):
+            print(f"wrote {config}")
         return 0
     if command == "test":
         _run(py, "-m", "ruff", "check", ".")

@@ -1,0 +1,108 @@
+"""A real Milvus standalone server (the Go/C++ engine with embedded etcd and local storage) from the PyPI
+package ``milvus`` (2.3.5, the newest with a Linux x86_64 wheel), launched directly rather than through the
+package's wrapper: the wrapper stops with SIGKILL and silently moves to other ports on a quick restart.
+
+Every port is pinned (``port_base`` + 600..611), a SIGTERM stops it within seconds (``gracefulStopTimeout``),
+and its run directory (server id file) is private to the stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import lzma
+import os
+import re
+from pathlib import Path
+
+VERSION = "2.3.5"
+# Template keys (see the package's data/config.yaml.template) and their offset from the stack's port base.
+PORT_OFFSETS = {
+    "etcd_port": 600,
+    "root_coord_port": 601,
+    "proxy_internal_port": 602,
+    "query_coord_port": 603,
+    "query_node_port": 604,
+    "index_coord_port": 605,
+    "index_node_port": 606,
+    "data_coord_port": 607,
+    "data_node_port": 608,
+}
+METRICS_OFFSET = 609
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)(?:\([a-z]+\))?\s*(?::\s*([^}]*?))?\s*\}\}")
+
+
+class MilvusServerMissing(RuntimeError):
+    pass
+
+
+def package_dir() -> Path:
+    spec = importlib.util.find_spec("milvus")
+    if spec is None or not spec.submodule_search_locations:
+        raise MilvusServerMissing(f"the `milvus=={VERSION}` package is not installed (requirements/lock.txt)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def binaries(cache: Path) -> Path:
+    """The server binary and its libraries, decompressed once into ``cache`` (checked by digest)."""
+    source = package_dir() / "data" / "bin"
+    target = cache / f"milvus-{VERSION}" / "bin"
+    target.mkdir(parents=True, exist_ok=True)
+    for packed in sorted(source.glob("*.lzma")):
+        digest = hashlib.sha256(packed.read_bytes()).hexdigest()
+        out = target / packed.name.removesuffix(".lzma")
+        stamp = out.with_name(out.name + ".sha256")
+        if out.exists() and stamp.exists() and stamp.read_text() == digest:
+            continue
+        tmp = out.with_name(out.name + ".tmp")
+        with lzma.open(packed) as src, tmp.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        tmp.chmod(0o755)
+        tmp.replace(out)
+        stamp.write_text(digest)
+    return target / "milvus"
+
+
+def write_config(data_dir: Path, *, proxy_port: int, port_base: int) -> Path:
+    """``milvus.yaml`` for a server keeping everything under ``data_dir``; returns the config directory."""
+    template = (package_dir() / "data" / "config.yaml.template").read_text()
+    logs, storage = data_dir / "logs", data_dir / "data"
+    for d in (logs, storage, data_dir / "configs", data_dir / "run"):
+        d.mkdir(parents=True, exist_ok=True)
+    values = {key: str(port_base + offset) for key, offset in PORT_OFFSETS.items()}
+    values |= {
+        "proxy_port": str(proxy_port),
+        "etcd_log_path": str(logs / "etcd.log"),
+        "etcd_log_level": "warn",
+        "system_log_path": str(logs),
+        "etcd_data_dir": str(storage / "etcd.data"),
+        "local_storage_dir": str(storage),
+        "rocksmq_data_dir": str(storage / "rocksmq"),
+    }
+
+    def fill(m: re.Match[str]) -> str:
+        key, default = m.group(1), m.group(2)
+        if key in values:
+            return values[key]
+        if default is None:
+            raise MilvusServerMissing(f"no value for {key} in the Milvus config template")
+        return default
+
+    text = _PLACEHOLDER.sub(fill, template)
+    # A SIGTERM otherwise waits up to 30 minutes for a graceful stop.
+    text = re.sub(r"(\n\s*gracefulStopTimeout:)\s*\d+", r"\1 5", text)
+    config_dir = data_dir / "configs"
+    (config_dir / "milvus.yaml").write_text(text)
+    (config_dir / "glog.conf").write_text((package_dir() / "data" / "glog.conf").read_text())
+    return config_dir
+
+
+def environment(base: dict[str, str], binary: Path, data_dir: Path, metrics_port: int) -> dict[str, str]:
+    env = dict(base)
+    env["DEPLOY_MODE"] = "STANDALONE"
+    env["METRICS_PORT"] = str(metrics_port)
+    env["MILVUS_RUN_DIR"] = str(data_dir / "run")
+    env["MILVUSCONF"] = str(data_dir / "configs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (str(binary.parent), env.get("LD_LIBRARY_PATH", "")) if x)
+    return env
