@@ -159,7 +159,14 @@ def main(argv: list[str]) -> int:
         _run(py, "-m", "ruff", "format", "--check", ".")
         _run(py, "-m", "mypy")
         proto_lint()
-        return subprocess.run([py, "-m", "pytest", *rest], cwd=ROOT).returncode
+        code = subprocess.run([py, "-m", "pytest", *rest], cwd=ROOT).returncode
+        if code != 0 or os.environ.get("DEEPLENS_TEST_MILVUS_SERVER", "1") == "0":
+            return code
+        # The cluster path: the ingest, search, duplicate, delete and tenant suites again, on a real Milvus
+        # server (the `milvus` package's standalone engine) instead of Milvus Lite: only the URI differs.
+        print("+ the milvus_server suites again, on a real Milvus standalone server", flush=True)
+        env = {**os.environ, "DEEPLENS_STACK_MILVUS": "standalone"}
+        return subprocess.run([py, "-m", "pytest", *rest, "-m", "milvus_server"], cwd=ROOT, env=env).returncode
     if command in {"demo", "up", "down", "status"}:
         return subprocess.run([_bin(VENV, "deeplens-stack"), command, *rest], cwd=ROOT).returncode
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)

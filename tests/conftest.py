@@ -25,6 +25,22 @@ from deeplens_stack.photos import sample_photos
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 TEST_PORT_BASE = int(os.environ.get("DEEPLENS_TEST_PORT_BASE", "47000"))
+# Suites that also run on a real Milvus server (DEEPLENS_STACK_MILVUS=standalone; `python3 dev.py test` does
+# both): ingest, search, duplicates, delete, tenants, models, figures.
+MILVUS_SERVER_SUITES = {
+    "test_ingest_search.py",
+    "test_duplicates.py",
+    "test_tenant_isolation.py",
+    "test_row_level_security.py",
+    "test_model_lifecycle.py",
+    "test_insight.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in MILVUS_SERVER_SUITES:
+            item.add_marker(pytest.mark.milvus_server)
 
 
 class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:50379/0"
     milvus_uri: str = "http://127.0.0.1:50530"
     milvus_token: str = ""
+    # "Strong" (an image is searchable from every process once indexed) or "Bounded" (faster on a Milvus
+    # server; writes younger than its gracefulTime may be missed).
+    milvus_search_consistency: str = "Strong"
     triton_url: str = "127.0.0.1:50801"
     grpc_listen: str = "127.0.0.1:50051"
     # Prometheus /metrics endpoints (host:port; empty = off): the server's, and a worker's.

@@ -133,12 +133,18 @@ class VectorIndex:
     histograms (model-independent). Every method names the model whose collection it reads or writes;
     deletes reach every model's collection, so nothing of a tenant outlives it."""
 
-    def __init__(self, uri: str, *, token: str) -> None:
+    def __init__(self, uri: str, *, token: str, search_consistency: str = "Strong") -> None:
         self._uri = uri
         self._token = token
+        # Collections read Strong by default: an image is found by every process once its write returned.
+        # Searches may trade that for latency ("Bounded": writes of the last gracefulTime may be missed).
+        self._search_consistency = search_consistency
         self.colour_collection = colour_collection_name()
         self._client: AsyncMilvusClient | None = None
         self._ready: set[str] = set()
+        # Milvus 2.3 servers place upserted rows in the wrong partition when the collection has a partition
+        # key (they are then invisible to tenant-filtered reads): there, an upsert is a delete then an insert.
+        self._replace_upserts = False
         # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
         self._write_lock = asyncio.Lock()
 
@@ -159,7 +165,12 @@ class VectorIndex:
                         field, index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
                     )
                     try:
-                        client.create_collection(name, schema=_schema(client, field, dim), index_params=index)
+                        client.create_collection(
+                            name,
+                            schema=_schema(client, field, dim),
+                            index_params=index,
+                            consistency_level="Strong",
+                        )
                     except MilvusException:
                         # Another process (server or worker starting at the same moment) may have won the race.
                         if not client.has_collection(name):
@@ -183,8 +194,10 @@ class VectorIndex:
         try:
             await asyncio.to_thread(self._ensure_sync, [(self.colour_collection, "colour", COLOUR_DIM)])
             self._client = AsyncMilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
+            version = str(await self._client.get_server_version())
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
+        self._replace_upserts = re.match(r"^v?2\.3\.", version) is not None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -237,12 +250,20 @@ class VectorIndex:
         try:
             async with self._write_lock:
                 rows = [self._row(tenant_id, r, "embedding", r.embedding) for r in records]
-                await self._c.upsert(self.collection(model), rows)
+                await self._upsert(tenant_id, self.collection(model), rows)
                 if colour:
                     rows = [self._row(tenant_id, r, "colour", r.colour) for r in records]
-                    await self._c.upsert(self.colour_collection, rows)
+                    await self._upsert(tenant_id, self.colour_collection, rows)
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
+
+    async def _upsert(self, tenant_id: str, collection: str, rows: list[dict[str, Any]]) -> None:
+        if not self._replace_upserts:
+            await self._c.upsert(collection, rows)
+            return
+        pks = ", ".join(_quote(r["pk"]) for r in rows)
+        await self._c.delete(collection, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
+        await self._c.insert(collection, rows)
 
     async def delete(self, tenant_id: str, *, collection_id: str | None = None, model: str | None = None) -> None:
         """Deletes the tenant's vectors (one collection's, if given) from every model's collection and the
@@ -345,6 +366,7 @@ class VectorIndex:
                 output_fields=["tenant_id", "collection_id", "image_id", *SCALAR_FIELDS],
                 search_params=params,
                 timeout=timeout,
+                consistency_level=self._search_consistency,
             )
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc

@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymilvus import MilvusClient
 from redis import Redis
 
+from deeplens_stack import milvus_server
 from deeplens_stack.processes import ProcessTable
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -78,6 +79,14 @@ class StackConfig:
             "metrics": b + 90,
             "worker_metrics": b + 91,
         }
+
+    @property
+    def milvus_engine(self) -> str:
+        """ "lite" (Milvus Lite, the default) or "standalone" (a real Milvus server, the `milvus` package)."""
+        engine = self.environ.get("DEEPLENS_STACK_MILVUS", "lite")
+        if engine not in ("lite", "standalone"):
+            raise StackError(f"DEEPLENS_STACK_MILVUS must be lite or standalone, not {engine!r}")
+        return engine
 
     def external(self, service: str) -> str | None:
         return self.environ.get(EXTERNAL_ENV[service]) or None
@@ -381,9 +390,12 @@ class Stack:
 
         _wait("Redis", probe, timeout, self.procs.log_path("redis"), self._alive("redis"))
 
-    # Milvus Lite in server mode, so every process shares one database.
+    # Milvus Lite in server mode, so every process shares one database — or a real Milvus standalone server.
 
     def _start_milvus(self) -> None:
+        if self.config.milvus_engine == "standalone":
+            self._start_milvus_server()
+            return
         args = [
             _bin("milvus-lite"),
             "server",
@@ -404,6 +416,18 @@ class Stack:
         # filtered column-wise) it takes 35-130 ms up to 5k rows, and inserts are no slower.
         env.setdefault("MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES", str(256 * 1024))
         self.procs.start("milvus", args, env=env)
+
+    def _start_milvus_server(self) -> None:
+        try:
+            binary = milvus_server.binaries(REPO_ROOT / ".cache")
+            home = self.data_dir / "milvus-server"
+            milvus_server.write_config(home, proxy_port=self.config.ports["milvus"], port_base=self.config.port_base)
+        except milvus_server.MilvusServerMissing as exc:
+            raise StackError(str(exc)) from exc
+        env = milvus_server.environment(
+            self.child_env(), binary, home, self.config.port_base + milvus_server.METRICS_OFFSET
+        )
+        self.procs.start("milvus", [str(binary), "run", "standalone"], env=env, cwd=home)
 
     def _ready_milvus(self, timeout: float) -> None:
         uri = urlsplit(self.config.endpoints["DEEPLENS_MILVUS_URI"])
