@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "deploy" / "embedded")]
 
-from deeplens_server.vectors import VectorHit, VectorIndex, VectorRecord  # noqa: E402
+from deeplens_server.vectors import VectorIndex, VectorRecord  # noqa: E402
 from deeplens_stack import milvus_server  # noqa: E402
 
 MODEL = "bench@1"
@@ -137,16 +137,14 @@ async def run(args: argparse.Namespace) -> None:
             i = int(rng.integers(0, len(vectors)))
             q = vectors[i] + 0.05 * rng.standard_normal(DIM).astype(np.float32)
             queries.append((f"t{owner[i]}", q / np.linalg.norm(q), int(owner[i])))
-        hits: list[list[VectorHit]] = []
         for level in ("Bounded", "Strong"):
             index._search_consistency = level  # both read modes on the same data, side by side
             for tenant, q, _ in queries[:5]:  # warm-up
                 await index.search(tenant, q, model=MODEL, limit=10)
             latencies = []
-            hits = []
             for tenant, q, _ in queries:
                 t = time.perf_counter()
-                hits.append(await index.search(tenant, q, model=MODEL, limit=10))
+                await index.search(tenant, q, model=MODEL, limit=10)
                 latencies.append((time.perf_counter() - t) * 1000)
             cuts = statistics.quantiles(latencies, n=100)
             p50 = statistics.median(latencies)
@@ -161,12 +159,21 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.gather(*(searcher(queries[k::8]) for k in range(8)))
             print(f"  8 concurrent searchers, {level}: {len(queries) / (time.perf_counter() - started):.0f} searches/s")
 
-        recall = []
-        for (_, q, tenant), found in zip(queries[:100], hits[:100], strict=False):
+        exact = []
+        for _, q, tenant in queries[:100]:
             mine = np.flatnonzero(owner == tenant)
-            exact = {f"i{i}" for i in mine[np.argsort(-(vectors[mine] @ q))[:10]]}
-            recall.append(len(exact & {h.image_id for h in found}) / 10)
-        print(f"recall@10 against exact search within the tenant: {statistics.mean(recall):.3f}")
+            exact.append({f"i{i}" for i in mine[np.argsort(-(vectors[mine] @ q))[:10]]})
+        index._search_consistency = "Bounded"
+        for ef in args.ef:
+            index.search_ef = ef
+            latencies, recall = [], []
+            for (tenant, q, _), truth in zip(queries[:100], exact, strict=True):
+                t = time.perf_counter()
+                found = await index.search(tenant, q, model=MODEL, limit=10)
+                latencies.append((time.perf_counter() - t) * 1000)
+                recall.append(len(truth & {h.image_id for h in found}) / 10)
+            print(f"HNSW ef {ef:>3}: recall@10 {statistics.mean(recall):.3f} against exact search within the tenant, "
+                  f"p50 {statistics.median(latencies):.1f} ms (Bounded)")  # fmt: skip
         print(f"engine RSS: {_rss_mb(proc.pid):,.0f} MB")
         await index.close()
     finally:
@@ -180,6 +187,7 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -70,7 +70,10 @@ class Backend:
     async def _open(cls, settings: Settings, *, model_ready_timeout: float) -> Backend:
         repo = await Repository.connect(settings.postgres_dsn, max_size=settings.postgres_pool_max)
         vectors = VectorIndex(
-            settings.milvus_uri, token=settings.milvus_token, search_consistency=settings.milvus_search_consistency
+            settings.milvus_uri,
+            token=settings.milvus_token,
+            search_consistency=settings.milvus_search_consistency,
+            search_ef=settings.milvus_search_ef,
         )
         embedder = Embedder(
             settings.triton_url, model=settings.embedding_model, version=settings.embedding_model_version

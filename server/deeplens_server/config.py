@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     # "Strong" (an image is searchable from every process once indexed) or "Bounded" (faster on a Milvus
     # server; writes younger than its gracefulTime may be missed).
     milvus_search_consistency: str = "Strong"
+    # HNSW ef for searches (raised to top_k when smaller): higher finds more of the true neighbours, slower.
+    milvus_search_ef: int = 64
     triton_url: str = "127.0.0.1:50801"
     grpc_listen: str = "127.0.0.1:50051"
     # Prometheus /metrics endpoints (host:port; empty = off): the server's, and a worker's.

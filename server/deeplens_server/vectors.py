@@ -133,9 +133,11 @@ class VectorIndex:
     histograms (model-independent). Every method names the model whose collection it reads or writes;
     deletes reach every model's collection, so nothing of a tenant outlives it."""
 
-    def __init__(self, uri: str, *, token: str, search_consistency: str = "Strong") -> None:
+    def __init__(self, uri: str, *, token: str, search_consistency: str = "Strong", search_ef: int = 64) -> None:
         self._uri = uri
         self._token = token
+        # HNSW's candidate list at search time (at least top_k): recall against latency, see docs/scaling.md.
+        self.search_ef = search_ef
         # Collections read Strong by default: an image is found by every process once its write returned.
         # Searches may trade that for latency ("Bounded": writes of the last gracefulTime may be missed).
         self._search_consistency = search_consistency
@@ -354,7 +356,7 @@ class VectorIndex:
         if exclude is not None:
             expr += f" and pk != {_quote(self._pk(tenant_id, *exclude))}"
         name = self.collection(model) if signal == "embedding" else self.colour_collection
-        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(64, limit + offset)}}
+        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(self.search_ef, limit + offset)}}
         if offset:
             params["offset"] = offset
         try:
