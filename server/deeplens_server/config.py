@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     # server; writes younger than its gracefulTime may be missed).
     milvus_search_consistency: str = "Strong"
     # HNSW ef for searches (raised to top_k when smaller): higher finds more of the true neighbours, slower.
-    milvus_search_ef: int = 64
+    milvus_search_ef: int = 256
     triton_url: str = "127.0.0.1:50801"
     grpc_listen: str = "127.0.0.1:50051"
     # Prometheus /metrics endpoints (host:port; empty = off): the server's, and a worker's.

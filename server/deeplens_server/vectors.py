@@ -133,7 +133,7 @@ class VectorIndex:
     histograms (model-independent). Every method names the model whose collection it reads or writes;
     deletes reach every model's collection, so nothing of a tenant outlives it."""
 
-    def __init__(self, uri: str, *, token: str, search_consistency: str = "Strong", search_ef: int = 64) -> None:
+    def __init__(self, uri: str, *, token: str, search_consistency: str = "Strong", search_ef: int = 256) -> None:
         self._uri = uri
         self._token = token
         # HNSW's candidate list at search time (at least top_k): recall against latency, see docs/scaling.md.
