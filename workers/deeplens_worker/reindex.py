@@ -30,7 +30,8 @@ _NO_COLOUR = np.zeros(0, dtype=np.float32)
 
 async def _model_input(backend: Backend, tenant_id: str, sha256: str) -> NDArray[np.uint8]:
     """The model input ingest made: from the uploaded original when DeepLens stores it, else from the stored
-    600 px thumbnail (images indexed from storage locations or URLs; within JPEG noise of the original)."""
+    600 px thumbnail (images indexed from storage locations or URLs: a WebP of the working image ingest
+    embedded)."""
     try:
         data = await backend.blobs.get(tenant_id, sha256)
     except NotFound:
