@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from deeplens.client import DeepLensClient, error_info, operation_metadata
-from deeplens.v1 import resources_pb2, search_service_pb2
+from deeplens.v1 import admin_service_pb2, resources_pb2, search_service_pb2
 from PIL import Image, ImageOps
 
 from deeplens_stack.photos import edited_copy, sample_photos
@@ -91,6 +91,7 @@ def run_demo(stack: Stack) -> int:
             print(f"   {rank:>4}  {result.score:6.3f}  {result.image.name}")
 
         grouped = show_duplicates(client, photos)
+        switched = show_model_switch(stack, client, query)
 
     print(f"== The stack is still running at {stack.config.grpc_target}. Try, with the demo's editor key:")
     print(f"   .venv/bin/grpcurl -plaintext {stack.config.grpc_target} list")
@@ -99,7 +100,28 @@ def run_demo(stack: Stack) -> int:
         f"{stack.config.grpc_target} deeplens.v1.AdminService/GetTenant"
     )
     print("   Stop everything with: python3 dev.py down")
-    return 0 if found and ok == len(ops) and grouped else 1
+    return 0 if found and ok == len(ops) and grouped and switched else 1
+
+
+def show_model_switch(stack: Stack, client: DeepLensClient, query: bytes) -> bool:
+    """Moves the tenant to the other embedding model (the platform administrator calls ReindexTenant)."""
+    with DeepLensClient(stack.config.grpc_target, api_key=stack.admin_key()) as admin:
+        current = admin.get_tenant(f"tenants/{TENANT}").embedding_model
+        target = next(m.name for m in admin.list_models() if m.ready and m.name != current)
+        print(f"== Moving tenant {TENANT!r} from {current} to {target} (ReindexTenant): every image is embedded")
+        print(f"   again into {target}'s own collection while searches go on, then searches switch at once")
+        started = time.monotonic()
+        final = admin.wait_operation(admin.reindex_tenant(TENANT, target).name, timeout=300)
+    moved = admin_service_pb2.ReindexTenantResponse()
+    if final.HasField("error") or not final.response.Unpack(moved):
+        print(f"   the re-index failed: {final.error.message}")
+        return False
+    print(f"   {moved.images} images embedded again in {time.monotonic() - started:.1f} s")
+    reply = client.search_images(PARENT, image_content=query, top_k=1)
+    top = reply.results[0] if reply.results else None
+    print(f"   the edited {QUERY_PHOTO!r} again: model {reply.model}, top-1 {top.image.name if top else '-'}"
+          f" ({top.score if top else 0:.3f})")  # fmt: skip
+    return reply.model == target and top is not None and top.image.name.endswith(f"/images/{QUERY_PHOTO}")
 
 
 def show_duplicates(client: DeepLensClient, photos: dict[str, bytes]) -> bool:
