@@ -117,6 +117,26 @@ def test_triton_configs_are_valid_model_configs(backend: str) -> None:
         assert config.instance_group[0].kind == kind
 
 
+def test_native_configs_match_the_exported_graphs(tmp_path: Path) -> None:
+    """What Triton's onnxruntime backend checks when it loads a model: the config's inputs and outputs are the
+    graph's, by name, type and shape (the batch dimension dynamic, as max_batch_size > 0 requires)."""
+    import onnxruntime as ort
+
+    catalog.write_native_repository(tmp_path)
+    types = {model_config_pb2.TYPE_UINT8: "tensor(uint8)", model_config_pb2.TYPE_FP32: "tensor(float)"}
+    for spec in catalog.MODELS:
+        text = (tmp_path / spec.name / "config.pbtxt").read_text()
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        graph = tmp_path / spec.name / spec.version / config.default_model_filename
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        for declared, actual in ((config.input, session.get_inputs()), (config.output, session.get_outputs())):
+            assert [d.name for d in declared] == [a.name for a in actual]
+            for d, a in zip(declared, actual, strict=True):
+                assert types[d.data_type] == a.type
+                assert isinstance(a.shape[0], str)  # dynamic batch
+                assert list(d.dims) == list(a.shape[1:])
+
+
 _SECRET = re.compile(r"(password|secret|token|master_keys|admin_key)[\"']?\s*[:=]\s*[\"']?([^\s\"'#]+)", re.I)
 
 

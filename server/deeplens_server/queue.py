@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
@@ -41,6 +43,14 @@ class JobQueue:
         """Jobs waiting (queued or deferred for a retry), across tenants."""
         return int(await self._redis.zcard(self._queue_name))
 
+    async def _enqueue(self, job: str, *args: Any, key: str, defer_seconds: float | None = None) -> None:
+        try:
+            await self._redis.enqueue_job(
+                job, *args, _job_id=key, _defer_by=defer_seconds, _queue_name=self._queue_name
+            )
+        except RedisError as exc:
+            raise Unavailable("the job queue is unavailable") from exc
+
     async def enqueue_items(
         self,
         tenant_id: str,
@@ -55,53 +65,19 @@ class JobQueue:
         (bumped on resume), so a repeated enqueue is a no-op while a resumed operation re-delivers what is
         still pending."""
         if kind == KIND_REINDEX:
-            await self._enqueue_pages(tenant_id, operation_id, items, generation, trace_carrier)
-            return
-        try:
-            for item in items:
-                await self._redis.enqueue_job(
-                    INGEST_ITEM_JOB,
-                    tenant_id,
-                    operation_id,
-                    item,
-                    trace_carrier,
-                    _job_id=job_id(INGEST_ITEM_JOB, tenant_id, operation_id, f":{item}:{generation}"),
-                    _queue_name=self._queue_name,
-                )
-        except RedisError as exc:
-            raise Unavailable("the job queue is unavailable") from exc
-
-    async def _enqueue_pages(
-        self, tenant_id: str, operation_id: str, items: list[int], generation: int, trace_carrier: dict[str, str]
-    ) -> None:
-        try:
             for start in range(0, len(items), REINDEX_PAGE):
                 page = items[start : start + REINDEX_PAGE]
-                await self._redis.enqueue_job(
-                    REINDEX_ITEMS_JOB,
-                    tenant_id,
-                    operation_id,
-                    page,
-                    trace_carrier,
-                    _job_id=job_id(REINDEX_ITEMS_JOB, tenant_id, operation_id, f":{page[0]}:{generation}"),
-                    _queue_name=self._queue_name,
-                )
-        except RedisError as exc:
-            raise Unavailable("the job queue is unavailable") from exc
+                key = job_id(REINDEX_ITEMS_JOB, tenant_id, operation_id, f":{page[0]}:{generation}")
+                await self._enqueue(REINDEX_ITEMS_JOB, tenant_id, operation_id, page, trace_carrier, key=key)
+            return
+        for item in items:
+            key = job_id(INGEST_ITEM_JOB, tenant_id, operation_id, f":{item}:{generation}")
+            await self._enqueue(INGEST_ITEM_JOB, tenant_id, operation_id, item, trace_carrier, key=key)
 
     async def enqueue_retire(self, tenant_id: str, model: str, operation_id: str, after_seconds: float) -> None:
         """Queues the removal of the tenant's ``model`` vectors, ``after_seconds`` from now."""
-        try:
-            await self._redis.enqueue_job(
-                RETIRE_VECTORS_JOB,
-                tenant_id,
-                model,
-                _job_id=job_id(RETIRE_VECTORS_JOB, tenant_id, operation_id),
-                _defer_by=after_seconds,
-                _queue_name=self._queue_name,
-            )
-        except RedisError as exc:
-            raise Unavailable("the job queue is unavailable") from exc
+        key = job_id(RETIRE_VECTORS_JOB, tenant_id, operation_id)
+        await self._enqueue(RETIRE_VECTORS_JOB, tenant_id, model, key=key, defer_seconds=after_seconds)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -110,14 +86,5 @@ class JobQueue:
         self, kind: str, tenant_id: str, operation_id: str, trace_carrier: dict[str, str]
     ) -> None:
         """Queues the job that carries out an operation; the job function is named after the operation's kind."""
-        try:
-            await self._redis.enqueue_job(
-                kind,
-                tenant_id,
-                operation_id,
-                trace_carrier,
-                _job_id=job_id(kind, tenant_id, operation_id),
-                _queue_name=self._queue_name,
-            )
-        except RedisError as exc:
-            raise Unavailable("the job queue is unavailable") from exc
+        key = job_id(kind, tenant_id, operation_id)
+        await self._enqueue(kind, tenant_id, operation_id, trace_carrier, key=key)

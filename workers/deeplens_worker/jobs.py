@@ -66,22 +66,43 @@ def _retry_or_none(ctx: dict[str, Any], exc: DeepLensError, what: str) -> Retry 
     return Retry(defer=delay)
 
 
+async def _retried(
+    ctx: dict[str, Any],
+    step: Callable[[Backend], Awaitable[object]],
+    carrier: dict[str, str],
+    name: str,
+    tenant_id: str,
+    what: str,
+    give_up: Callable[[DeepLensError], Awaitable[None]],
+) -> str:
+    """Runs a job step. Transient failures — and defects or unexpected OS errors, so nothing hangs — retry
+    with backoff; when the tries are spent, ``give_up`` records the failure (dead letters)."""
+    try:
+        return await _run(ctx, step, carrier, name, tenant_id)
+    except Unavailable as exc:
+        failure: DeepLensError = exc
+    except Exception:
+        _log.exception("%s failed unexpectedly", what)
+        failure = DeepLensError(f"{what} failed unexpectedly; retry it later")
+    retry = _retry_or_none(ctx, failure, what)
+    if retry is not None:
+        raise retry
+    await give_up(failure)
+    return "dead letter"
+
+
 async def ingest_item(
     ctx: dict[str, Any], tenant_id: str, operation_id: str, item: int, trace_carrier: dict[str, str]
 ) -> str:
-    try:
-        step = lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item)  # noqa: E731
-        return await _run(ctx, step, trace_carrier, "ingest_item", tenant_id)
-    except Unavailable as exc:
-        failure: DeepLensError = exc
-    except Exception:  # a defect or an unexpected OS error: retried, then a dead letter — never a hung item
-        _log.exception("%s/%s#%d failed unexpectedly", tenant_id, operation_id, item)
-        failure = DeepLensError("the item failed unexpectedly; retry it later")
-    retry = _retry_or_none(ctx, failure, f"{tenant_id}/{operation_id}#{item}")
-    if retry is not None:
-        raise retry
-    await pipeline.fail_item(ctx["backend"], tenant_id, operation_id, item, failure)
-    return "dead letter"
+    return await _retried(
+        ctx,
+        lambda b: pipeline.ingest_item(b, tenant_id, operation_id, item),
+        trace_carrier,
+        "ingest_item",
+        tenant_id,
+        f"{tenant_id}/{operation_id}#{item}",
+        lambda failure: pipeline.fail_item(ctx["backend"], tenant_id, operation_id, item, failure),
+    )
 
 
 async def scan_location(ctx: dict[str, Any], tenant_id: str, operation_id: str, trace_carrier: dict[str, str]) -> str:
@@ -117,19 +138,15 @@ async def purge_tenant(ctx: dict[str, Any], tenant_id: str, operation_id: str, t
 async def reindex_items(
     ctx: dict[str, Any], tenant_id: str, operation_id: str, items: list[int], trace_carrier: dict[str, str]
 ) -> str:
-    try:
-        step = lambda b: reindex.reindex_items(b, tenant_id, operation_id, items)  # noqa: E731
-        return await _run(ctx, step, trace_carrier, "reindex_items", tenant_id)
-    except Unavailable as exc:
-        failure: DeepLensError = exc
-    except Exception:  # a defect or an unexpected OS error: retried, then dead letters — never a hung re-index
-        _log.exception("re-index %s/%s %s failed unexpectedly", tenant_id, operation_id, items[:1])
-        failure = DeepLensError("the page failed unexpectedly")
-    retry = _retry_or_none(ctx, failure, f"re-index {tenant_id}/{operation_id} from #{items[0]}")
-    if retry is not None:
-        raise retry
-    await reindex.fail_items(ctx["backend"], tenant_id, operation_id, items, failure)
-    return "dead letters"
+    return await _retried(
+        ctx,
+        lambda b: reindex.reindex_items(b, tenant_id, operation_id, items),
+        trace_carrier,
+        "reindex_items",
+        tenant_id,
+        f"re-index {tenant_id}/{operation_id} from #{items[0]}",
+        lambda failure: reindex.fail_items(ctx["backend"], tenant_id, operation_id, items, failure),
+    )
 
 
 async def retire_vectors(ctx: dict[str, Any], tenant_id: str, model: str) -> str:
