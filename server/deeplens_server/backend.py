@@ -81,8 +81,12 @@ class Backend:
         try:
             await vectors.open()
             await embedder.wait_ready(model_ready_timeout)
-            for model in {embedder.model_id, *await model_pointer.tenants_per_model(repo.pool)}:
-                await vectors.ensure(model, await embedder.dim(model))
+            await vectors.ensure(embedder.model_id, await embedder.dim(embedder.model_id))
+            for model in set(await model_pointer.tenants_per_model(repo.pool)) - {embedder.model_id}:
+                try:
+                    await vectors.ensure(model, await embedder.dim(model))
+                except Unavailable:  # its tenants' searches fail (MODEL_NOT_READY) until it is served again
+                    _log.warning("model %s is in use by tenants but not served", model)
             queue = await JobQueue.connect(settings.redis_url, settings.queue_name)
         except BaseException:
             await embedder.close()
