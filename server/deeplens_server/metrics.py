@@ -2,7 +2,8 @@
 ``DEEPLENS_METRICS_LISTEN``, a worker on ``DEEPLENS_WORKER_METRICS_LISTEN`` (host:port; empty = off).
 
 Server: RPCs by method and status code and their latency, the queue's depth. Worker: images indexed /
-failed / dead-lettered, Triton and Milvus call latency (the server's searches observe these too).
+failed / dead-lettered, the time of each ingest stage, Triton and Milvus call latency (the server's
+searches observe these too).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ IMAGES = Counter("deeplens_images", "Images through the ingest pipeline, by outc
 TRITON_SECONDS = Histogram("deeplens_triton_infer_seconds", "Triton inference calls", buckets=LATENCY_BUCKETS)
 MILVUS_SECONDS = Histogram(
     "deeplens_milvus_seconds", "Milvus calls, by operation", ["operation"], buckets=LATENCY_BUCKETS
+)
+# Where an image's time goes at ingest: read, decode, hashes, model_input, thumbnails, colour (CPU, in a
+# thread), embed (Triton), vectors (Milvus), store_thumbnails, match (duplicate candidates and verification),
+# commit (PostgreSQL, with the late hash lookup).
+STAGE_SECONDS = Histogram(
+    "deeplens_ingest_stage_seconds", "Ingest pipeline stages, per image", ["stage"], buckets=LATENCY_BUCKETS
 )
 
 

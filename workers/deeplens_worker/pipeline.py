@@ -34,7 +34,7 @@ from deeplens_server.imaging import (
 )
 from deeplens_server.keypoints import keypoints
 from deeplens_server.matching import INGEST_CANDIDATES, find_matches, late_matcher
-from deeplens_server.metrics import IMAGES
+from deeplens_server.metrics import IMAGES, STAGE_SECONDS
 from deeplens_server.names import image_name
 from deeplens_server.operation_store import OperationRecord
 from deeplens_server.repository import ImageRecord
@@ -42,6 +42,7 @@ from deeplens_server.status import to_rpc_status
 from deeplens_server.storage import object_uri, read_object, validate
 from deeplens_server.vectors import VectorRecord
 from numpy.typing import NDArray
+from prometheus_client.context_managers import Timer
 
 _log = logging.getLogger(__name__)
 EMBED_TIMEOUT_SECONDS = 60.0
@@ -65,11 +66,22 @@ class Analysis:
 
 def analyze(data: bytes, limits: ImageLimits) -> Analysis:
     """All CPU work on the bytes, from one decode (run in a thread)."""
-    decoded = decode_image(data, limits)
+    with _stage("decode"):
+        decoded = decode_image(data, limits)
     working = decoded.working
-    return Analysis(
-        decoded, perceptual_hashes(working), model_input(working), thumbnails(working), colour_signature(working)
-    )
+    with _stage("hashes"):
+        hashes = perceptual_hashes(working)
+    with _stage("model_input"):
+        tensor = model_input(working)
+    with _stage("thumbnails"):
+        made = thumbnails(working)
+    with _stage("colour"):
+        colour = colour_signature(working)
+    return Analysis(decoded, hashes, tensor, made, colour)
+
+
+def _stage(name: str) -> Timer:
+    return STAGE_SECONDS.labels(name).time()
 
 
 def outcome_for(record: OperationRecord, image: ImageRecord | None) -> Outcome:
@@ -154,7 +166,8 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         record = await backend.ops.mark_running(tenant_id, operation_id, "index")
         await backend.events.announce(record)
     try:
-        data, storage_uri = await _read(backend, tenant_id, source)
+        with _stage("read"):
+            data, storage_uri = await _read(backend, tenant_id, source)
         analysis = await asyncio.to_thread(analyze, data, backend.limits)
     except (ImageRejected, NotFound) as exc:
         return await _finish(backend, record, item, operations.ITEM_FAILED, error=exc)
@@ -162,9 +175,10 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     # Embedded with the tenant's model, and with the one a running re-index is filling (see model_pointer).
     models = await backend.tenant_models(tenant_id)
     batch = analysis.model_input[np.newaxis]
-    embedded = await asyncio.gather(
-        *(backend.embedder.embed(batch, model=m, timeout=EMBED_TIMEOUT_SECONDS) for m in models.writes)
-    )
+    with _stage("embed"):
+        embedded = await asyncio.gather(
+            *(backend.embedder.embed(batch, model=m, timeout=EMBED_TIMEOUT_SECONDS) for m in models.writes)
+        )
     embedding = embedded[0][0]
     collection_id, image_id = source["collection_id"], source["image_id"]
     header, hashes, sha256 = analysis.decoded.header, analysis.hashes, analysis.decoded.sha256
@@ -189,39 +203,42 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         hash_variants=[":".join(v) for v in hashes.variants],
     )
     vector = VectorRecord.of(image, embedding, analysis.colour)
-    await backend.vectors.upsert(tenant_id, models.active, [vector])
-    if models.reindex is not None:
-        await backend.vectors.upsert(
-            tenant_id, models.reindex, [replace(vector, embedding=embedded[1][0])], colour=False
-        )
-    await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
+    with _stage("vectors"):
+        await backend.vectors.upsert(tenant_id, models.active, [vector])
+        if models.reindex is not None:
+            again = replace(vector, embedding=embedded[1][0])
+            await backend.vectors.upsert(tenant_id, models.reindex, [again], colour=False)
+    with _stage("store_thumbnails"):
+        await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
     query = Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
     policy = await backend.repo.duplicate_policy(tenant_id)
     working = analysis.decoded.working
-    matches = await find_matches(
-        backend,
-        tenant_id,
-        query,
-        embedding,
-        model=models.active,
-        policy=policy,
-        query_keypoints=lambda: keypoints(working),
-        exclude=(collection_id, image_id),
-        candidates=INGEST_CANDIDATES,
-        hash_lookup=False,
-    )
+    with _stage("match"):
+        matches = await find_matches(
+            backend,
+            tenant_id,
+            query,
+            embedding,
+            model=models.active,
+            policy=policy,
+            query_keypoints=lambda: keypoints(working),
+            exclude=(collection_id, image_id),
+            candidates=INGEST_CANDIDATES,
+            hash_lookup=False,
+        )
     late = late_matcher(
         backend, tenant_id, query, embedding, model=models.active, policy=policy, exclude=(collection_id, image_id)
     )
-    final = await _finish(
-        backend,
-        record,
-        item,
-        operations.ITEM_SUCCEEDED,
-        image=image,
-        matches=matches,
-        late_matches=late,
-        embedded_under=models.generation,
-    )
+    with _stage("commit"):
+        final = await _finish(
+            backend,
+            record,
+            item,
+            operations.ITEM_SUCCEEDED,
+            image=image,
+            matches=matches,
+            late_matches=late,
+            embedded_under=models.generation,
+        )
     _log.info("indexed %s", image_name(tenant_id, collection_id, image_id))
     return final
