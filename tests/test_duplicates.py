@@ -3,12 +3,17 @@ outlive re-ingests, the storage report, and image get/list/delete leaving nothin
 
 from __future__ import annotations
 
+import hashlib
 import io
+from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from deeplens.client import DeepLensClient, error_info
 from deeplens.v1 import admin_service_pb2, resources_pb2, search_service_pb2
+from deeplens_server.keypoints import Keypoints
+from deeplens_stack import Stack
 from google.protobuf import field_mask_pb2
 from PIL import Image, ImageOps
 
@@ -264,7 +269,7 @@ def test_decisions_are_durable_and_delete_others_leaves_nothing(
 
 
 def test_list_images_filters_and_delete_image(
-    admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
 ) -> None:
     tenant, client = new_tenant(admin, connect)
     png = io.BytesIO()
@@ -305,11 +310,18 @@ def test_list_images_filters_and_delete_image(
     assert hits.processing_time.ToNanoseconds() > 0
 
     target = f"tenants/{tenant}/collections/a/images/rocket"
+    sha = hashlib.sha256(photos["rocket"]).hexdigest()
+    stored = Path(stack.config.endpoints["DEEPLENS_BLOB_ROOT"]) / "tenants" / tenant / "thumbnails" / sha[:2]
+    files = sorted(p.name for p in stored.glob(f"{sha}-*"))
+    assert files == [f"{sha}-150.webp", f"{sha}-300.webp", f"{sha}-600.webp", f"{sha}-orb.npz"]
+    features = Keypoints.from_bytes((stored / f"{sha}-orb.npz").read_bytes(), lambda: np.zeros((0, 0), np.uint8))
+    assert len(features.points) > 100  # verification features, stored at ingest
     deleted = client.search.DeleteImage(
         search_service_pb2.DeleteImageRequest(name=target, delete_original=True), metadata=client.metadata
     )
     assert deleted.original_deleted
     assert deleted.freed_bytes == len(photos["rocket"])
+    assert not list(stored.glob(f"{sha}-*"))  # thumbnails and features go with the image
     assert names() == ["a/images/moon", "b/images/camera", "b/images/coins"]
     with pytest.raises(grpc.RpcError) as missing:
         client.search.GetImageThumbnail(

@@ -47,6 +47,13 @@ class BlobStore:
     def _thumbnail(self, tenant_id: str, sha256: str, size: int) -> Path:
         return self._tenant_root(tenant_id) / "thumbnails" / sha256[:2] / f"{sha256}-{size}.webp"
 
+    def thumbnail_path(self, tenant_id: str, sha256: str, size: int) -> Path:
+        """Where a thumbnail lives, for readers already in a worker thread."""
+        return self._thumbnail(tenant_id, sha256, size)
+
+    def _features(self, tenant_id: str, sha256: str) -> Path:
+        return self._tenant_root(tenant_id) / "thumbnails" / sha256[:2] / f"{sha256}-orb.npz"
+
     async def usage(self, tenant_id: str) -> tuple[int, int]:
         """(files, bytes) of the originals stored for the tenant."""
 
@@ -69,6 +76,7 @@ class BlobStore:
             freed = 0
             for size in THUMBNAIL_SIZES:
                 self._thumbnail(tenant_id, sha256, size).unlink(missing_ok=True)
+            self._features(tenant_id, sha256).unlink(missing_ok=True)
             if original:
                 path = self._path(tenant_id, sha256)
                 with contextlib.suppress(FileNotFoundError):
@@ -78,16 +86,29 @@ class BlobStore:
 
         return await asyncio.to_thread(remove)
 
-    async def put_thumbnails(self, tenant_id: str, sha256: str, made: dict[int, bytes]) -> None:
+    async def put_thumbnails(
+        self, tenant_id: str, sha256: str, made: dict[int, bytes], *, features: bytes | None = None
+    ) -> None:
+        """Stores the thumbnails and, if given, the verification features (``keypoints.Keypoints``)."""
+
         def write() -> None:
-            for size, data in made.items():
-                path = self._thumbnail(tenant_id, sha256, size)
+            files = [(self._thumbnail(tenant_id, sha256, size), data) for size, data in made.items()]
+            if features is not None:
+                files.append((self._features(tenant_id, sha256), features))
+            for path, data in files:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
                 tmp.write_bytes(data)
                 tmp.replace(path)
 
         await asyncio.to_thread(write)
+
+    async def get_features(self, tenant_id: str, sha256: str) -> bytes:
+        path = self._features(tenant_id, sha256)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise NotFound("features", sha256, reason="FEATURES_MISSING") from exc
 
     async def get_thumbnail(self, tenant_id: str, sha256: str, size: int) -> bytes:
         path = self._thumbnail(tenant_id, sha256, size)

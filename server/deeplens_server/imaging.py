@@ -277,6 +277,7 @@ def thumbnails(image: Image.Image) -> dict[int, bytes]:
         copy = image.copy()
         copy.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
         out = io.BytesIO()
-        copy.save(out, format="WEBP", quality=80, method=4)
+        # method 2 of 6: less than half the encoding time of 4 (9.6 against 23 ms at 600 px) for ~3 % more bytes.
+        copy.save(out, format="WEBP", quality=80, method=2)
         made[size] = out.getvalue()
     return made

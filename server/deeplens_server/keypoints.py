@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +38,44 @@ MIN_OVERLAP = 0.5  # of the smaller image: a shared logo or poster is not a copy
 _MIN_MATCHES = 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keypoints:
-    grey: NDArray[np.uint8]
+    """ORB features of an image's grey frame (long side ``SIDE``), and that frame's pixels — or how to load
+    them: stored features come without pixels, which only a pair with enough inliers needs."""
+
     points: NDArray[np.float32]
     descriptors: NDArray[np.uint8] | None
+    shape: tuple[int, int]
+    pixels: NDArray[np.uint8] | Callable[[], NDArray[np.uint8]]
+
+    @property
+    def grey(self) -> NDArray[np.uint8]:
+        if callable(self.pixels):
+            loaded = self.pixels()
+            if loaded.shape != self.shape:
+                raise ValueError(f"pixels of shape {loaded.shape} for features of shape {self.shape}")
+            self.pixels = loaded
+        return self.pixels
+
+    def to_bytes(self) -> bytes:
+        """The features without the pixels (~20 kB), for storing beside the thumbnails."""
+        out = io.BytesIO()
+        empty = np.zeros((0, 32), dtype=np.uint8)
+        descriptors = self.descriptors if self.descriptors is not None else empty
+        np.savez(out, points=self.points, descriptors=descriptors, shape=np.array(self.shape, dtype=np.int32))
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, pixels: Callable[[], NDArray[np.uint8]]) -> Keypoints:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            descriptors = np.asarray(stored["descriptors"], dtype=np.uint8)
+            h, w = (int(x) for x in stored["shape"])
+            return cls(
+                np.asarray(stored["points"], dtype=np.float32),
+                descriptors if len(descriptors) else None,
+                (h, w),
+                pixels,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +91,30 @@ class Alignment:
         return max(self, other, key=lambda a: (a.agreement, a.inliers))
 
 
-def keypoints(image: Image.Image) -> Keypoints:
-    """Features of an image (any mode, any size)."""
+def grey_frame(image: Image.Image) -> NDArray[np.uint8]:
+    """The grey copy features and pixel comparisons work on: long side at most ``SIDE``."""
     grey = image.convert("L")
     if max(grey.size) > SIDE:
         grey = grey.copy()
         grey.thumbnail((SIDE, SIDE), Image.Resampling.BILINEAR)
-    array = np.asarray(grey, dtype=np.uint8)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def keypoints(image: Image.Image) -> Keypoints:
+    """Features of an image (any mode, any size)."""
+    array = grey_frame(image)
     everywhere = np.full(array.shape, 255, dtype=np.uint8)
     found, descriptors = cv2.ORB.create(nfeatures=FEATURES, fastThreshold=10).detectAndCompute(array, everywhere)
     points = np.array([k.pt for k in found], dtype=np.float32).reshape(-1, 2)
-    return Keypoints(array, points, None if descriptors is None else np.asarray(descriptors, dtype=np.uint8))
+    shape = (int(array.shape[0]), int(array.shape[1]))
+    return Keypoints(points, None if descriptors is None else np.asarray(descriptors, dtype=np.uint8), shape, array)
+
+
+def grey_of_bytes(data: bytes) -> NDArray[np.uint8]:
+    """The grey frame of an encoded image (a stored thumbnail)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return grey_frame(img)
 
 
 def keypoints_of_bytes(data: bytes) -> Keypoints:

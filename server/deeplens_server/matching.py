@@ -21,7 +21,7 @@ from deeplens_server.duplicate_store import LateMatcher
 from deeplens_server.duplicates import SIMILAR, DuplicatePolicy, Fingerprint, Match, match, ranked, verified
 from deeplens_server.errors import NotFound
 from deeplens_server.filters import ImageFilter, milvus_expr, within
-from deeplens_server.keypoints import Keypoints, align, keypoints_of_bytes
+from deeplens_server.keypoints import Keypoints, align, grey_of_bytes, keypoints_of_bytes
 from deeplens_server.repository import ImageRecord, hash_neighbours
 
 _log = logging.getLogger(__name__)
@@ -190,14 +190,24 @@ async def _verify(
         if cached is not None:
             known[sha] = cached
             continue
-        try:
+        try:  # the features stored at ingest; the pixels are read only if the pair fits well enough
+            known[sha] = Keypoints.from_bytes(
+                await backend.blobs.get_features(tenant_id, sha), _thumbnail_pixels(backend, tenant_id, sha)
+            )
+            continue
+        except NotFound:
+            pass
+        except (OSError, ValueError, KeyError):
+            _log.warning("unreadable features for %s; computing them from the thumbnail", sha)
+        try:  # indexed before features were stored: computed from the thumbnail
             thumbs[sha] = await backend.blobs.get_thumbnail(tenant_id, sha, VERIFY_THUMBNAIL)
         except NotFound:
             _log.warning("no thumbnail for %s; its match stays unverified", sha)
     if not known and not thumbs:
         return list(matches)
+    fresh = set(known) | set(thumbs)
     alignments = await asyncio.to_thread(_align_all, query, known, thumbs, policy.keypoint_min_inliers)
-    for sha in thumbs:
+    for sha in fresh:
         if sha in known:
             _recent.put((tenant_id, sha), known[sha])
     out = []
@@ -222,6 +232,16 @@ def _align_all(
             _log.warning("unreadable thumbnail for %s; its match stays unverified", sha)
     out = {}
     for sha, other in known.items():
-        found = align(mine, other, min_inliers=min_inliers)
+        try:
+            found = align(mine, other, min_inliers=min_inliers)
+        except (OSError, ValueError):  # its thumbnail went missing or does not match its features
+            _log.warning("no pixels for %s; its match stays unverified", sha)
+            continue
         out[sha] = (found.inliers, round(found.agreement, 4))
     return out
+
+
+def _thumbnail_pixels(backend: Backend, tenant_id: str, sha256: str) -> Callable[[], NDArray[np.uint8]]:
+    """Reads the grey frame of a stored thumbnail (called in the verification thread, when needed)."""
+    path = backend.blobs.thumbnail_path(tenant_id, sha256, VERIFY_THUMBNAIL)
+    return lambda: grey_of_bytes(path.read_bytes())

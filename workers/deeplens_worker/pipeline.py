@@ -32,7 +32,7 @@ from deeplens_server.imaging import (
     perceptual_hashes,
     thumbnails,
 )
-from deeplens_server.keypoints import keypoints
+from deeplens_server.keypoints import Keypoints, keypoints
 from deeplens_server.matching import INGEST_CANDIDATES, find_matches, late_matcher
 from deeplens_server.metrics import IMAGES, STAGE_SECONDS
 from deeplens_server.names import image_name
@@ -62,6 +62,9 @@ class Analysis:
     model_input: NDArray[np.uint8]
     thumbnails: dict[int, bytes]
     colour: NDArray[np.float32]
+    # Verification features, stored beside the thumbnails: a later image that may be a crop or an edit of
+    # this one is verified against them without decoding this one's thumbnail.
+    keypoints: Keypoints
 
 
 def analyze(data: bytes, limits: ImageLimits) -> Analysis:
@@ -77,7 +80,9 @@ def analyze(data: bytes, limits: ImageLimits) -> Analysis:
         made = thumbnails(working)
     with _stage("colour"):
         colour = colour_signature(working)
-    return Analysis(decoded, hashes, tensor, made, colour)
+    with _stage("keypoints"):
+        features = keypoints(working)
+    return Analysis(decoded, hashes, tensor, made, colour, features)
 
 
 def _stage(name: str) -> Timer:
@@ -209,10 +214,10 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
             again = replace(vector, embedding=embedded[1][0])
             await backend.vectors.upsert(tenant_id, models.reindex, [again], colour=False)
     with _stage("store_thumbnails"):
-        await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails)
+        features = analysis.keypoints.to_bytes()
+        await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails, features=features)
     query = Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
     policy = await backend.repo.duplicate_policy(tenant_id)
-    working = analysis.decoded.working
     with _stage("match"):
         matches = await find_matches(
             backend,
@@ -221,7 +226,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
             embedding,
             model=models.active,
             policy=policy,
-            query_keypoints=lambda: keypoints(working),
+            query_keypoints=lambda: analysis.keypoints,
             exclude=(collection_id, image_id),
             candidates=INGEST_CANDIDATES,
             hash_lookup=False,
