@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
 import asyncpg
@@ -60,10 +61,12 @@ async def find_matches(
     candidates: int = DEFAULT_CANDIDATES,
     hash_lookup: bool = True,
     timeout: float | None = None,
+    examined: set[Key] | None = None,
 ) -> list[Match]:
     """Every candidate that is at least SIMILAR under ``policy``, strongest first. With ``hash_lookup`` off
     the caller runs the lookup itself (``late_matcher``, at ingest under the tenant's lock). ``embedding`` is
-    ``model``'s, and is compared with that model's vectors only."""
+    ``model``'s, and is compared with that model's vectors only. ``examined`` collects the images the hash
+    lookup classified (matched or not)."""
     final = policy
     if query_keypoints is not None:
         policy = replace(policy, similar_min_cosine=min(policy.similar_min_cosine, VERIFY_MIN_COSINE))
@@ -85,6 +88,8 @@ async def find_matches(
             tenant_id, query, collection_id=collection_id, limit=max(candidates, 50)
         )
         extra = [r for r in records if (r.collection_id, r.image_id) not in (exclude, *found)]
+        if examined is not None:
+            examined.update((r.collection_id, r.image_id) for r in records)
         for m in await _classify(backend, tenant_id, policy, query, (model, embedding), extra):
             found[m.key] = m
     matches = list(found.values())
@@ -103,14 +108,17 @@ def late_matcher(
     policy: DuplicatePolicy,
     exclude: Key,
     limit: int = 50,
+    examined: AbstractSet[Key] = frozenset(),
 ) -> LateMatcher:
     """The hash lookup, run inside the transaction that stores the image, after it takes the tenant's lock:
     every image committed before it is visible, and every image committed after it runs its own lookup and
-    sees this one — so two copies ingested at the same moment still find each other."""
+    sees this one — so two copies ingested at the same moment still find each other. Images the lookup
+    before the lock already ``examined`` are not classified again: the lock is held only for the SQL query
+    (and, for images committed in between, their vectors)."""
 
     async def late(conn: asyncpg.Connection, known: set[Key]) -> list[Match]:
         records = await hash_neighbours(conn, tenant_id, query, limit=limit)
-        extra = [r for r in records if (r.collection_id, r.image_id) not in {*known, exclude}]
+        extra = [r for r in records if (r.collection_id, r.image_id) not in {*known, *examined, exclude}]
         return await _classify(backend, tenant_id, policy, query, (model, embedding), extra)
 
     return late

@@ -218,6 +218,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails, features=features)
     query = Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
     policy = await backend.repo.duplicate_policy(tenant_id)
+    examined: set[tuple[str, str]] = set()
     with _stage("match"):
         matches = await find_matches(
             backend,
@@ -229,10 +230,17 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
             query_keypoints=lambda: analysis.keypoints,
             exclude=(collection_id, image_id),
             candidates=INGEST_CANDIDATES,
-            hash_lookup=False,
+            examined=examined,
         )
     late = late_matcher(
-        backend, tenant_id, query, embedding, model=models.active, policy=policy, exclude=(collection_id, image_id)
+        backend,
+        tenant_id,
+        query,
+        embedding,
+        model=models.active,
+        policy=policy,
+        exclude=(collection_id, image_id),
+        examined=examined,
     )
     with _stage("commit"):
         final = await _finish(
