@@ -133,3 +133,35 @@ def test_rejects_oversized_bytes() -> None:
         inspect_image(b"\xff" * 2048, ImageLimits(max_bytes=1024, max_pixels=10))
     assert _reason(exc) == "IMAGE_TOO_LARGE"
     assert exc.value.metadata["max_bytes"] == "1024"
+
+
+def test_stored_features_verify_like_fresh_ones(photos: dict[str, bytes]) -> None:
+    """Features stored at ingest (no pixels) align a crop exactly as freshly computed ones do; the pixels are
+    loaded only when the pair fits, and pixels of another frame are refused."""
+    from deeplens_server.keypoints import Keypoints, align, grey_frame, keypoints
+
+    with Image.open(io.BytesIO(photos["coffee"])) as img:
+        original = img.convert("RGB")
+    w, h = original.size
+    crop = original.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+    fresh = keypoints(original)
+    loads: list[int] = []
+
+    def pixels() -> np.ndarray:
+        loads.append(1)
+        return grey_frame(original)
+
+    stored = Keypoints.from_bytes(fresh.to_bytes(), pixels)
+    assert stored.shape == fresh.shape
+    assert np.array_equal(stored.points, fresh.points)
+    assert stored.descriptors is not None
+    assert fresh.descriptors is not None
+    assert np.array_equal(stored.descriptors, fresh.descriptors)
+    assert not loads  # nothing read yet
+    query = keypoints(crop)
+    assert align(query, stored, min_inliers=15) == align(query, fresh, min_inliers=15)
+    assert align(query, stored, min_inliers=15).agreement > 0.9
+    assert loads == [1]  # read once, then kept
+    unrelated = Keypoints.from_bytes(fresh.to_bytes(), lambda: np.zeros((7, 7), np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        _ = unrelated.grey
