@@ -165,3 +165,14 @@ def test_stored_features_verify_like_fresh_ones(photos: dict[str, bytes]) -> Non
     unrelated = Keypoints.from_bytes(fresh.to_bytes(), lambda: np.zeros((7, 7), np.uint8))
     with pytest.raises(ValueError, match="shape"):
         _ = unrelated.grey
+
+
+def test_a_sliver_has_no_features_and_stores_fine() -> None:
+    from deeplens_server.keypoints import Keypoints, keypoints
+
+    for size in ((1, 4000), (4000, 1), (40, 900)):
+        found = keypoints(Image.new("RGB", size, (120, 30, 40)))
+        assert len(found.points) == 0
+        assert found.descriptors is None
+        again = Keypoints.from_bytes(found.to_bytes(), lambda: np.zeros((1, 1), np.uint8))
+        assert (len(again.points), again.descriptors, again.shape) == (0, None, found.shape)

@@ -36,6 +36,7 @@ MIN_TEXTURE = 25.0  # local variance below this is flat: it agrees with anything
 LOCAL_MATCH = 0.5
 MIN_OVERLAP = 0.5  # of the smaller image: a shared logo or poster is not a copy
 _MIN_MATCHES = 8
+_MIN_SIDE = 2 * 31 + 1
 
 
 @dataclass(slots=True)
@@ -101,12 +102,14 @@ def grey_frame(image: Image.Image) -> NDArray[np.uint8]:
 
 
 def keypoints(image: Image.Image) -> Keypoints:
-    """Features of an image (any mode, any size)."""
+    """Features of an image (any mode, any size; none for an image too thin to have any)."""
     array = grey_frame(image)
+    shape = (int(array.shape[0]), int(array.shape[1]))
+    if min(shape) < _MIN_SIDE:  # ORB ignores a 31 px margin: a sliver has no keypoints (and cv2 refuses it)
+        return Keypoints(np.zeros((0, 2), dtype=np.float32), None, shape, array)
     everywhere = np.full(array.shape, 255, dtype=np.uint8)
     found, descriptors = cv2.ORB.create(nfeatures=FEATURES, fastThreshold=10).detectAndCompute(array, everywhere)
     points = np.array([k.pt for k in found], dtype=np.float32).reshape(-1, 2)
-    shape = (int(array.shape[0]), int(array.shape[1]))
     return Keypoints(points, None if descriptors is None else np.asarray(descriptors, dtype=np.uint8), shape, array)
 
 
