@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import io
 
+import imagehash
 import numpy as np
 import pytest
 from deeplens_server.errors import ImageRejected
 from deeplens_server.imaging import (
+    DIHEDRAL,
+    HASH_GRID,
     MODEL_INPUT_SIZE,
     WORKING_SIZE,
     ImageLimits,
+    PerceptualHashes,
+    _draft_box,
     decode_image,
     inspect_image,
     model_input,
     perceptual_hashes,
+    thumbnails,
+    trim_border,
 )
 from PIL import Image
 
@@ -73,6 +80,44 @@ def test_model_input_shape_and_type(photos: dict[str, bytes]) -> None:
     assert arr.shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
     assert arr.dtype == np.uint8
     assert 20 < float(arr.mean()) < 235
+
+
+def test_a_landscape_jpeg_is_drafted_at_half_size_not_decoded_whole() -> None:
+    # A 3:2 photo: asking libjpeg for a 600 px square would keep it at full size (900 < 600 fails the height).
+    with Image.open(io.BytesIO(_encode(Image.new("RGB", (1800, 1200), (1, 2, 3)), "JPEG"))) as img:
+        img.draft("RGB", _draft_box(img.size))
+        assert img.size == (900, 600)
+    decoded = decode_image(_encode(Image.new("RGB", (1800, 1200), (1, 2, 3)), "JPEG"), LIMITS)
+    assert decoded.working.size == (600, 400)
+
+
+def _imagehash_reference(image: Image.Image) -> PerceptualHashes:
+    grey = trim_border(image.convert("L")).resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
+
+    def triple(img: Image.Image) -> tuple[str, str, str]:
+        detail = f"{imagehash.phash(img, hash_size=16)}{imagehash.dhash(img, hash_size=16)}"
+        return str(imagehash.phash(img)), str(imagehash.dhash(img)), detail
+
+    return PerceptualHashes(*triple(grey), tuple(triple(grey.transpose(t)) for t in DIHEDRAL))
+
+
+def test_hashes_are_imagehash_bit_for_bit_in_every_orientation(photos: dict[str, bytes]) -> None:
+    images = [decode_image(data, LIMITS).working for data in photos.values()]
+    images += [Image.new("RGB", (300, 200), (255, 255, 255)), Image.new("RGB", (7, 3), (200, 4, 5))]
+    noise = np.random.default_rng(3).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    images.append(Image.fromarray(noise, "RGB"))
+    for image in images:
+        assert perceptual_hashes(image) == _imagehash_reference(image)
+
+
+def test_thumbnails_are_webp_at_each_size(photos: dict[str, bytes]) -> None:
+    working = decode_image(photos["astronaut"], LIMITS).working  # 512 x 512: the largest is its own size
+    made = thumbnails(working)
+    assert sorted(made) == [150, 300, 600]
+    for size, data in made.items():
+        with Image.open(io.BytesIO(data)) as thumb:
+            assert thumb.format == "WEBP"
+            assert max(thumb.size) == min(size, max(working.size))
 
 
 def test_hashes_are_64_bit_hex_and_stable_under_recompression(photos: dict[str, bytes]) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import imagehash
 import numpy as np
+import scipy.fftpack  # type: ignore[import-untyped]
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
@@ -112,6 +113,14 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def _draft_box(size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size a JPEG draft may decode to: the working copy's, aspect kept. libjpeg scales by 1/2,
+    1/4 or 1/8 while both sides stay at least this (asking for a square would keep a 3:2 photo at full size)."""
+    width, height = size
+    scale = min(1.0, WORKING_SIZE / max(width, height))
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
 def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
     """Decodes once into an oriented RGB working copy; raises ``ImageRejected`` for anything unusable."""
     img = _open(data, limits)
@@ -120,7 +129,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         width, height = _oriented_size(img)
         exif = read_exif(img)
         if fmt in ("JPEG", "MPO"):
-            img.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
+            img.draft("RGB", _draft_box(img.size))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
@@ -203,15 +212,32 @@ def phash_bands(phash: str) -> list[str]:
 
 def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
     """64-bit pHash and dHash as 16 hex digits each, 256-bit detail hashes, of the image and of its flips and
-    rotations — after trimming a uniform frame."""
+    rotations — after trimming a uniform frame. Bit for bit imagehash's ``phash`` and ``dhash`` (the same
+    LANCZOS resizes and the same DCT), computed for all eight orientations at once."""
     grey = trim_border(image.convert("L")).resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
+    oriented = [grey, *(grey.transpose(t) for t in DIHEDRAL)]
+    phash, phash16 = _phashes(oriented, 8), _phashes(oriented, 16)
+    dhash, dhash16 = _dhashes(oriented, 8), _dhashes(oriented, 16)
+    triples = [(phash[i], dhash[i], phash16[i] + dhash16[i]) for i in range(len(oriented))]
+    return PerceptualHashes(*triples[0], tuple(triples[1:]))
 
-    def triple(img: Image.Image) -> tuple[str, str, str]:
-        detail = f"{imagehash.phash(img, hash_size=16)}{imagehash.dhash(img, hash_size=16)}"
-        return str(imagehash.phash(img)), str(imagehash.dhash(img)), detail
 
-    phash, dhash, detail = triple(grey)
-    return PerceptualHashes(phash, dhash, detail, tuple(triple(grey.transpose(t)) for t in DIHEDRAL))
+def _hex(bits: NDArray[np.bool_]) -> list[str]:
+    """Each row of bits as imagehash writes it: big-endian hex, a digit per four bits."""
+    return [bytes(row).hex() for row in np.packbits(bits.reshape(len(bits), -1), axis=1)]
+
+
+def _phashes(images: list[Image.Image], size: int) -> list[str]:
+    side = size * 4  # imagehash's highfreq_factor
+    pixels = np.stack([np.asarray(i.resize((side, side), Image.Resampling.LANCZOS)) for i in images])
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=1), axis=2)[:, :size, :size]
+    median = np.median(dct.reshape(len(images), -1), axis=1)
+    return _hex(dct > median[:, None, None])
+
+
+def _dhashes(images: list[Image.Image], size: int) -> list[str]:
+    pixels = np.stack([np.asarray(i.resize((size + 1, size), Image.Resampling.LANCZOS)) for i in images])
+    return _hex(pixels[:, :, 1:] > pixels[:, :, :-1])
 
 
 COLOUR_LEVELS = 4  # per channel: a 4 x 4 x 4 = 64-bin RGB histogram
@@ -271,13 +297,17 @@ def read_exif(img: Image.Image) -> dict[str, Any]:
 
 
 def thumbnails(image: Image.Image) -> dict[int, bytes]:
-    """WebP thumbnails whose long side is each of THUMBNAIL_SIZES (or the image's own, if smaller)."""
+    """WebP thumbnails whose long side is each of THUMBNAIL_SIZES (or the image's own, if smaller), each made
+    from the next larger one."""
     made = {}
-    for size in THUMBNAIL_SIZES:
-        copy = image.copy()
-        copy.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    previous = image
+    for size in sorted(THUMBNAIL_SIZES, reverse=True):
+        copy = previous.copy()
+        # Halving (600 -> 300) with BICUBIC costs two thirds of LANCZOS and looks the same at that size.
+        copy.thumbnail((size, size), Image.Resampling.LANCZOS if size < 300 else Image.Resampling.BICUBIC)
         out = io.BytesIO()
-        # method 2 of 6: less than half the encoding time of 4 (9.6 against 23 ms at 600 px) for ~3 % more bytes.
-        copy.save(out, format="WEBP", quality=80, method=2)
+        # The largest at method 0 of 6 (6 against 10 ms at method 2, ~30 % more bytes), the others at 2.
+        copy.save(out, format="WEBP", quality=80, method=0 if size == max(THUMBNAIL_SIZES) else 2)
         made[size] = out.getvalue()
+        previous = copy
     return made
