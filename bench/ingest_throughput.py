@@ -102,6 +102,29 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [int(x) for x in subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout.split()]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree (children alive now; PostgreSQL's backends come and go, but
+    the pool keeps its connections for the run)."""
+    ticks = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, IndexError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def stage_means(url: str) -> dict[str, float]:
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
@@ -144,9 +167,11 @@ def main() -> None:
                 admin.create_tenant("bench", limits=limits)
                 _, secret = admin.create_api_key("bench", resources_pb2.ROLE_EDITOR)
 
-            records = {name: stack.procs.get(name) for name in ("server", "worker", "triton", "milvus")}
+            names = ("server", "worker", "triton", "milvus", "postgres", "redis")
+            records = {name: stack.procs.get(name) for name in names}
             pids = {name: r.pid for name, r in records.items() if r is not None}
             peak = dict.fromkeys(pids, 0.0)
+            workers = [pids["worker"], *(proc.pid for proc in extra)]
             sampling = threading.Event()
 
             def sample() -> None:
@@ -159,12 +184,16 @@ def main() -> None:
             sampler.start()
             with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=600) as client:
                 parent = "tenants/bench/collections/photos"
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if name != "worker"}
+                cpu_before["worker"] = sum(cpu_seconds(pid) for pid in workers)
                 started = time.perf_counter()
                 op = client.upload_files(parent, [(p, p.stem) for p in paths], timeout=600)
                 submitted = time.perf_counter() - started
                 final = client.wait_operation(op.name, timeout=3600)
                 elapsed = time.perf_counter() - started
                 meta = operation_metadata(final)
+                cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items() if name != "worker"}
+                cpu_after["worker"] = sum(cpu_seconds(pid) for pid in workers)
                 sampling.set()
                 sampler.join()
                 rate = meta.succeeded / elapsed
@@ -179,6 +208,9 @@ def main() -> None:
                 print("time per image by stage (one worker process's view, mean):")
                 for stage, seconds in sorted(means.items(), key=lambda kv: -kv[1]):
                     print(f"  {stage:<17} {seconds * 1000:7.1f} ms  {100 * seconds / total:4.1f} %")
+                per_image = {k: (cpu_after[k] - cpu_before[k]) * 1000 / max(1, meta.succeeded) for k in cpu_after}
+                print("CPU per image by process: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per_image.items())
+                      + f"; total {sum(per_image.values()):.0f} ms")  # fmt: skip
                 print("peak RSS: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
 
                 rng = np.random.default_rng(2)

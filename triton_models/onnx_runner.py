@@ -23,6 +23,11 @@ class TritonPythonModel:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's pool threads spin between calls by default: on a machine whose cores are shared with the
+        # rest of the pipeline that burns several times the model's own CPU time. Off unless asked for.
+        spin = os.environ.get("DEEPLENS_ONNX_SPIN", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         self._session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
