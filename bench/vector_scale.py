@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "deploy" / "embedded")]
 
 from deeplens_server.vectors import VectorIndex, VectorRecord  # noqa: E402
 from deeplens_stack import milvus_server  # noqa: E402
+from deeplens_stack.stack import MILVUS_LITE_MEMTABLE_BYTES  # noqa: E402
 
 MODEL = "bench@1"
 DIM = 1280
@@ -71,7 +72,7 @@ def start(engine: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
             except OSError:
                 time.sleep(0.5)
     else:
-        env = {**os.environ, "MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(256 * 1024)}
+        env = {**os.environ, "MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(MILVUS_LITE_MEMTABLE_BYTES)}
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir", str(home), "--host",
              "127.0.0.1", "--port", str(port), "--max-workers", "64"],

@@ -313,8 +313,8 @@ def test_list_images_filters_and_delete_image(
     sha = hashlib.sha256(photos["rocket"]).hexdigest()
     stored = Path(stack.config.endpoints["DEEPLENS_BLOB_ROOT"]) / "tenants" / tenant / "thumbnails" / sha[:2]
     files = sorted(p.name for p in stored.glob(f"{sha}-*"))
-    assert files == [f"{sha}-150.webp", f"{sha}-300.webp", f"{sha}-600.webp", f"{sha}-orb.npz"]
-    features = Keypoints.from_bytes((stored / f"{sha}-orb.npz").read_bytes(), lambda: np.zeros((0, 0), np.uint8))
+    assert files == [f"{sha}-150.webp", f"{sha}-300.webp", f"{sha}-600.webp", f"{sha}-orb.bin"]
+    features = Keypoints.from_bytes((stored / f"{sha}-orb.bin").read_bytes(), lambda: np.zeros((0, 0), np.uint8))
     assert len(features.points) > 100  # verification features, stored at ingest
     deleted = client.search.DeleteImage(
         search_service_pb2.DeleteImageRequest(name=target, delete_original=True), metadata=client.metadata

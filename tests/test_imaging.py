@@ -221,3 +221,21 @@ def test_a_sliver_has_no_features_and_stores_fine() -> None:
         assert found.descriptors is None
         again = Keypoints.from_bytes(found.to_bytes(), lambda: np.zeros((1, 1), np.uint8))
         assert (len(again.points), again.descriptors, again.shape) == (0, None, found.shape)
+
+
+def test_features_stored_as_npz_before_still_read_and_garbage_is_refused(photos: dict[str, bytes]) -> None:
+    from deeplens_server.keypoints import Keypoints, keypoints
+
+    fresh = keypoints(decode_image(photos["coffee"], LIMITS).working)
+    assert fresh.descriptors is not None
+    legacy = io.BytesIO()
+    np.savez(legacy, points=fresh.points, descriptors=fresh.descriptors, shape=np.array(fresh.shape, dtype=np.int32))
+    for data in (legacy.getvalue(), fresh.to_bytes()):
+        again = Keypoints.from_bytes(data, lambda: np.zeros((1, 1), np.uint8))
+        assert again.shape == fresh.shape
+        assert np.array_equal(again.points, fresh.points)
+        assert again.descriptors is not None
+        assert np.array_equal(again.descriptors, fresh.descriptors)
+    for garbage in (b"", b"DLKP1", fresh.to_bytes()[:-1], b"something else entirely"):
+        with pytest.raises(ValueError, match="stored keypoints"):
+            Keypoints.from_bytes(garbage, lambda: np.zeros((1, 1), np.uint8))

@@ -51,8 +51,10 @@ class BlobStore:
         """Where a thumbnail lives, for readers already in a worker thread."""
         return self._thumbnail(tenant_id, sha256, size)
 
-    def _features(self, tenant_id: str, sha256: str) -> Path:
-        return self._tenant_root(tenant_id) / "thumbnails" / sha256[:2] / f"{sha256}-orb.npz"
+    def _features(self, tenant_id: str, sha256: str, *, legacy: bool = False) -> Path:
+        # Stored as .npz until the compact format (keypoints.Keypoints.to_bytes); both are read.
+        suffix = "orb.npz" if legacy else "orb.bin"
+        return self._tenant_root(tenant_id) / "thumbnails" / sha256[:2] / f"{sha256}-{suffix}"
 
     async def usage(self, tenant_id: str) -> tuple[int, int]:
         """(files, bytes) of the originals stored for the tenant."""
@@ -77,6 +79,7 @@ class BlobStore:
             for size in THUMBNAIL_SIZES:
                 self._thumbnail(tenant_id, sha256, size).unlink(missing_ok=True)
             self._features(tenant_id, sha256).unlink(missing_ok=True)
+            self._features(tenant_id, sha256, legacy=True).unlink(missing_ok=True)
             if original:
                 path = self._path(tenant_id, sha256)
                 with contextlib.suppress(FileNotFoundError):
@@ -104,9 +107,14 @@ class BlobStore:
         await asyncio.to_thread(write)
 
     async def get_features(self, tenant_id: str, sha256: str) -> bytes:
-        path = self._features(tenant_id, sha256)
+        def read() -> bytes:
+            try:
+                return self._features(tenant_id, sha256).read_bytes()
+            except FileNotFoundError:
+                return self._features(tenant_id, sha256, legacy=True).read_bytes()
+
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return await asyncio.to_thread(read)
         except FileNotFoundError as exc:
             raise NotFound("features", sha256, reason="FEATURES_MISSING") from exc
 

@@ -59,15 +59,30 @@ class Keypoints:
         return self.pixels
 
     def to_bytes(self) -> bytes:
-        """The features without the pixels (~20 kB), for storing beside the thumbnails."""
-        out = io.BytesIO()
-        empty = np.zeros((0, 32), dtype=np.uint8)
-        descriptors = self.descriptors if self.descriptors is not None else empty
-        np.savez(out, points=self.points, descriptors=descriptors, shape=np.array(self.shape, dtype=np.int32))
-        return out.getvalue()
+        """The features without the pixels (~12 kB), for storing beside the thumbnails: a header (magic,
+        frame height and width, keypoint count), then the points (float32 x, y) and the 32-byte descriptors."""
+        count = len(self.points) if self.descriptors is not None else 0
+        header = np.array([*self.shape, count], dtype="<i4").tobytes()
+        points = np.ascontiguousarray(self.points[:count], dtype="<f4").tobytes()
+        descriptors = b"" if self.descriptors is None else np.ascontiguousarray(self.descriptors).tobytes()
+        return _MAGIC + header + points + descriptors
 
     @classmethod
     def from_bytes(cls, data: bytes, pixels: Callable[[], NDArray[np.uint8]]) -> Keypoints:
+        """Features stored by ``to_bytes`` (or, before it, as an .npz archive); ValueError if malformed."""
+        if data[:2] == b"PK":
+            return cls._from_npz(data, pixels)
+        if data[: len(_MAGIC)] != _MAGIC or len(data) < _HEADER:
+            raise ValueError("not stored keypoints")
+        h, w, count = (int(x) for x in np.frombuffer(data, dtype="<i4", count=3, offset=len(_MAGIC)))
+        if count < 0 or len(data) != _HEADER + count * (8 + 32):
+            raise ValueError("stored keypoints of the wrong length")
+        points = np.frombuffer(data, dtype="<f4", count=2 * count, offset=_HEADER).reshape(count, 2)
+        descriptors = np.frombuffer(data, dtype=np.uint8, count=32 * count, offset=_HEADER + 8 * count)
+        return cls(points.astype(np.float32), descriptors.reshape(count, 32) if count else None, (h, w), pixels)
+
+    @classmethod
+    def _from_npz(cls, data: bytes, pixels: Callable[[], NDArray[np.uint8]]) -> Keypoints:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             descriptors = np.asarray(stored["descriptors"], dtype=np.uint8)
             h, w = (int(x) for x in stored["shape"])
@@ -77,6 +92,10 @@ class Keypoints:
                 (h, w),
                 pixels,
             )
+
+
+_MAGIC = b"DLKP1"
+_HEADER = len(_MAGIC) + 12
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ DEFAULT_CANDIDATES = 50
 MAX_CANDIDATES = 500
 # At ingest: the nearest 20 are plenty — groups are transitive, so a copy beyond them still joins through one
 # within — and each candidate costs the vector store a row to read back.
-INGEST_CANDIDATES = 20
+INGEST_CANDIDATES = 10
 # Candidates verified geometrically per query, most similar first: each costs ~10 ms of CPU the first time
 # (its thumbnail's keypoints; kept per process after) and ~2 ms after.
 MAX_VERIFIED = 20

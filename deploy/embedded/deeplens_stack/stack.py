@@ -49,6 +49,7 @@ EXTERNAL_ENV = {
     "milvus": "DEEPLENS_MILVUS_URI",
     "triton": "DEEPLENS_TRITON_URL",
 }
+MILVUS_LITE_MEMTABLE_BYTES = 32 * 1024
 START_ORDER = ("postgres", "redis", "milvus", "triton", "server", "worker")
 
 
@@ -410,11 +411,12 @@ class Stack:
             "64",
         ]
         env = self.child_env()
-        # Milvus Lite snapshots and filters its in-memory table row by row in Python (~1 ms a row), and every
+        # Milvus Lite snapshots its in-memory table for every search (a Python copy of each row), and every
         # DeepLens query is filtered (by tenant). The default 128 MB table holds ~20k 1280-d rows: a filtered
-        # search over 1.3k rows took 1.2 s. At 256 KB (~50 rows; older rows sit in flushed, indexed segments
-        # filtered column-wise) it takes 35-130 ms up to 5k rows, and inserts are no slower.
-        env.setdefault("MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES", str(256 * 1024))
+        # search over 1.3k rows took 1.2 s. At 32 KB (~6 rows; older rows sit in flushed, indexed segments
+        # filtered column-wise) an ingest's upsert + candidate search costs 40-55 ms of its CPU up to 10k rows,
+        # against 80-150 ms at 256 KB (docs/benchmarks.md).
+        env.setdefault("MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES", str(MILVUS_LITE_MEMTABLE_BYTES))
         self.procs.start("milvus", args, env=env)
 
     def _start_milvus_server(self) -> None:
