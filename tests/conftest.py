@@ -34,6 +34,7 @@ MILVUS_SERVER_SUITES = {
     "test_row_level_security.py",
     "test_model_lifecycle.py",
     "test_insight.py",
+    "test_vector_index.py",
 }
 
 

@@ -81,6 +81,16 @@ class VectorRecord:
         return cls(image.collection_id, image.image_id, embedding, colour, fields)
 
 
+@dataclass(slots=True)
+class _Write:
+    """Rows one caller asked to upsert ((collection, row) pairs), and what became of them."""
+
+    tenant_id: str
+    rows: list[tuple[str, dict[str, Any]]]
+    done: bool = False
+    error: MilvusException | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class VectorHit:
     collection_id: str
@@ -149,6 +159,7 @@ class VectorIndex:
         self._replace_upserts = False
         # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
         self._write_lock = asyncio.Lock()
+        self._queued: list[_Write] = []
 
     @staticmethod
     def collection(model: str) -> str:
@@ -248,16 +259,39 @@ class VectorIndex:
 
     async def upsert(self, tenant_id: str, model: str, records: list[VectorRecord], *, colour: bool = True) -> None:
         """Writes the records' embeddings into ``model``'s collection and (with ``colour``) their colour
-        histograms."""
+        histograms. Concurrent callers' writes are coalesced: whoever holds the write lock writes every row
+        queued meanwhile, one call per tenant and collection (ingest jobs each bring one image)."""
+        rows = [(self.collection(model), self._row(tenant_id, r, "embedding", r.embedding)) for r in records]
+        if colour:
+            rows += [(self.colour_collection, self._row(tenant_id, r, "colour", r.colour)) for r in records]
+        mine = _Write(tenant_id, rows)
+        self._queued.append(mine)
+        async with self._write_lock:
+            if not mine.done:
+                batch, self._queued = self._queued, []
+                await self._write(batch)
+        if mine.error is not None:
+            raise Unavailable("the vector index is unavailable") from mine.error
+
+    async def _write(self, batch: list[_Write]) -> None:
+        # Per tenant and collection, one row per key: the later of two writes of one image wins, as it would
+        # one after the other.
+        groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for write in batch:
+            for collection, row in write.rows:
+                groups.setdefault((write.tenant_id, collection), {})[row["pk"]] = row
+        error: MilvusException | None = None
         try:
-            async with self._write_lock:
-                rows = [self._row(tenant_id, r, "embedding", r.embedding) for r in records]
-                await self._upsert(tenant_id, self.collection(model), rows)
-                if colour:
-                    rows = [self._row(tenant_id, r, "colour", r.colour) for r in records]
-                    await self._upsert(tenant_id, self.colour_collection, rows)
+            for (tenant_id, collection), rows in groups.items():
+                await self._upsert(tenant_id, collection, list(rows.values()))
         except MilvusException as exc:
-            raise Unavailable("the vector index is unavailable") from exc
+            error = exc
+        except BaseException:  # cancelled while writing for others: they must not take it for done
+            for write in batch:
+                write.done, write.error = True, MilvusException(message="the write was interrupted")
+            raise
+        for write in batch:
+            write.done, write.error = True, error
 
     async def _upsert(self, tenant_id: str, collection: str, rows: list[dict[str, Any]]) -> None:
         if not self._replace_upserts:

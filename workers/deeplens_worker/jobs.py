@@ -183,7 +183,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "queue_name": settings.queue_name,
         "max_tries": settings.job_max_tries,
-        "max_jobs": 16,
+        "max_jobs": settings.worker_max_jobs,
         "job_timeout": settings.job_timeout_seconds,
         "keep_result": 3600,
         "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
