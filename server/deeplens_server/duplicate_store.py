@@ -142,6 +142,19 @@ async def group_links(conn: asyncpg.Connection, tenant_id: str, group_id: str) -
     return [_link(r) for r in rows]
 
 
+_LINK_UPSERT = (
+    "INSERT INTO duplicate_links (tenant_id, a_collection, a_image, b_collection, b_image, a_sha256, "
+    "b_sha256, tier, rule, phash_distance, dhash_distance, detail_distance, cosine, keypoint_inliers, "
+    "keypoint_agreement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
+    "ON CONFLICT (tenant_id, a_collection, a_image, b_collection, b_image) DO UPDATE SET "
+    "a_sha256 = EXCLUDED.a_sha256, b_sha256 = EXCLUDED.b_sha256, tier = EXCLUDED.tier, "
+    "rule = EXCLUDED.rule, phash_distance = EXCLUDED.phash_distance, "
+    "dhash_distance = EXCLUDED.dhash_distance, detail_distance = EXCLUDED.detail_distance, "
+    "cosine = EXCLUDED.cosine, keypoint_inliers = EXCLUDED.keypoint_inliers, "
+    "keypoint_agreement = EXCLUDED.keypoint_agreement"
+)
+
+
 async def store_image(
     conn: asyncpg.Connection,
     image: ImageRecord,
@@ -156,32 +169,23 @@ async def store_image(
     await lock_tenant(conn, tenant)
     if late is not None:
         matches = [*matches, *await late(conn, {m.key for m in matches})]
-    previous = await conn.fetchrow(
-        "SELECT sha256, group_id FROM images WHERE tenant_id = $1 AND collection_id = $2 AND image_id = $3",
-        tenant,
-        *key,
-    )
-    await upsert_image(conn, image)
+    previous = await upsert_image(conn, image)
     if previous is not None and previous["sha256"] != image.sha256:
         await _forget_links(conn, tenant, key, previous["group_id"])  # new content under the old name
+    rows = []
     for m in matches:
         if m.key == key:
             continue
         (a, b) = _pair(key, m.key)
         a_sha, b_sha = (image.sha256, m.sha256) if a == key else (m.sha256, image.sha256)
-        await conn.execute(
-            "INSERT INTO duplicate_links (tenant_id, a_collection, a_image, b_collection, b_image, a_sha256, "
-            "b_sha256, tier, rule, phash_distance, dhash_distance, detail_distance, cosine, keypoint_inliers, "
-            "keypoint_agreement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
-            "ON CONFLICT (tenant_id, a_collection, a_image, b_collection, b_image) DO UPDATE SET "
-            "a_sha256 = EXCLUDED.a_sha256, b_sha256 = EXCLUDED.b_sha256, tier = EXCLUDED.tier, "
-            "rule = EXCLUDED.rule, phash_distance = EXCLUDED.phash_distance, "
-            "dhash_distance = EXCLUDED.dhash_distance, detail_distance = EXCLUDED.detail_distance, "
-            "cosine = EXCLUDED.cosine, keypoint_inliers = EXCLUDED.keypoint_inliers, "
-            "keypoint_agreement = EXCLUDED.keypoint_agreement",
+        rows.append((
             tenant, a[0], a[1], b[0], b[1], a_sha, b_sha, m.tier, m.rule, m.phash_distance,
             m.dhash_distance, m.detail_distance, m.cosine, m.keypoint_inliers, m.keypoint_agreement,
-        )  # fmt: skip
+        ))  # fmt: skip
+    if rows:  # one round trip for all of them (asyncpg pipelines executemany)
+        await conn.executemany(_LINK_UPSERT, rows)
+    if previous is None and not matches:
+        return False  # a new image with no duplicate: no link names it (deletes remove theirs)
     return await _join(conn, tenant, key)
 
 
@@ -220,6 +224,8 @@ async def _join(conn: asyncpg.Connection, tenant_id: str, key: Key) -> bool:
         for link in await links_of(conn, tenant_id, key)
         if link.tier in DUPLICATE_TIERS and link.decision != NOT_DUPLICATES
     ]
+    if not links:
+        return False
     present = await _existing(conn, tenant_id, [key, *(link.other(key) for link in links)])
     neighbours = [link.other(key) for link in links if link.other(key) in present]
     if not neighbours:

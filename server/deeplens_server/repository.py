@@ -67,8 +67,12 @@ def image_from_row(row: Mapping[str, Any]) -> ImageRecord:
     return ImageRecord(**fields)
 
 
-async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
-    await conn.execute(
+async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> asyncpg.Record | None:
+    """Writes the image's row; returns the row's (sha256, group_id) from before, None if it is new (one round
+    trip: the CTE reads the snapshot the insert started from)."""
+    return await conn.fetchrow(
+        "WITH previous AS (SELECT sha256, group_id FROM images WHERE tenant_id = $1 AND collection_id = $2 "
+        "AND image_id = $3), written AS ("
         "INSERT INTO images (tenant_id, collection_id, image_id, sha256, storage_uri, format, width, height, "
         "size_bytes, phash, dhash, model, tags, exif, thumbnails, location_id, detail_hash, hash_variants, "
         "phash_bands) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) "
@@ -78,7 +82,8 @@ async def upsert_image(conn: asyncpg.Connection, image: ImageRecord) -> None:
         "dhash = EXCLUDED.dhash, model = EXCLUDED.model, tags = EXCLUDED.tags, exif = EXCLUDED.exif, "
         "thumbnails = EXCLUDED.thumbnails, location_id = EXCLUDED.location_id, "
         "detail_hash = EXCLUDED.detail_hash, hash_variants = EXCLUDED.hash_variants, "
-        "phash_bands = EXCLUDED.phash_bands, update_time = now()",
+        "phash_bands = EXCLUDED.phash_bands, update_time = now() RETURNING 1) "
+        "SELECT sha256, group_id FROM previous",
         image.tenant_id,
         image.collection_id,
         image.image_id,
