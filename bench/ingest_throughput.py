@@ -89,19 +89,6 @@ def raw_model_rate(paths: list[Path], seconds: float = 10.0) -> float:
     return statistics.median(rates)
 
 
-def rss_mb(pid: int) -> float:
-    total = 0
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    for p in [pid, *(int(x) for x in children)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total / 1024
-
-
 def _tree(pid: int) -> list[int]:
     """The process and all its descendants."""
     out, todo = [], [pid]
@@ -110,6 +97,19 @@ def _tree(pid: int) -> list[int]:
         out.append(p)
         todo += [int(x) for x in subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout.split()]
     return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process tree."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
 
 
 def cpu_seconds(pid: int) -> float:
