@@ -227,6 +227,12 @@ class VectorIndex:
     def _pk(tenant_id: str, collection_id: str, image_id: str) -> str:
         return f"{tenant_id}/{collection_id}/{image_id}"
 
+    @classmethod
+    def _by_keys(cls, tenant_id: str, keys: list[tuple[str, str]]) -> str:
+        """A filter naming rows by primary key only: the keys carry the tenant, and it is the exact form Milvus
+        Lite answers by point lookups (any other expression scans every row; 390 ms at 100k rows)."""
+        return f"pk in [{', '.join(_quote(cls._pk(tenant_id, c, i)) for c, i in keys)}]"
+
     @staticmethod
     def _scope(tenant_id: str, collection_id: str | None = None) -> str:
         expr = f"tenant_id == {_quote(tenant_id)}"
@@ -297,8 +303,8 @@ class VectorIndex:
         if not self._replace_upserts:
             await self._c.upsert(collection, rows)
             return
-        pks = ", ".join(_quote(r["pk"]) for r in rows)
-        await self._c.delete(collection, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
+        keys = [(str(r["collection_id"]), str(r["image_id"])) for r in rows]
+        await self._c.delete(collection, filter=self._by_keys(tenant_id, keys))
         await self._c.insert(collection, rows)
 
     async def delete(self, tenant_id: str, *, collection_id: str | None = None, model: str | None = None) -> None:
@@ -316,11 +322,10 @@ class VectorIndex:
         """Deletes the vectors of these (collection, image) keys."""
         if not keys:
             return
-        pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
         try:
             async with self._write_lock:
                 for name in await self._all_collections():
-                    await self._c.delete(name, filter=f"{self._scope(tenant_id)} and pk in [{pks}]")
+                    await self._c.delete(name, filter=self._by_keys(tenant_id, keys))
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
 
@@ -342,11 +347,10 @@ class VectorIndex:
         if not keys:
             return {}
         name = self.collection(model) if signal == "embedding" else self.colour_collection
-        pks = ", ".join(_quote(self._pk(tenant_id, c, i)) for c, i in keys)
         try:
             rows = await self._c.query(
                 name,
-                filter=f"{self._scope(tenant_id)} and pk in [{pks}]",
+                filter=self._by_keys(tenant_id, keys),
                 output_fields=["tenant_id", "collection_id", "image_id", signal],
             )
         except MilvusException as exc:
