@@ -86,8 +86,11 @@ def dataset(n: int, tenants: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((2000, DIM)).astype(np.float32)
     which = rng.integers(0, len(centres), n)
-    vectors = centres[which] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.empty((n, DIM), dtype=np.float32)
+    for lo in range(0, n, 50_000):  # in slices: a million 1280-d vectors are 5 GB, without a second copy
+        hi = min(n, lo + 50_000)
+        vectors[lo:hi] = centres[which[lo:hi]] + 0.6 * rng.standard_normal((hi - lo, DIM)).astype(np.float32)
+        vectors[lo:hi] /= np.linalg.norm(vectors[lo:hi], axis=1, keepdims=True)
     owner = rng.integers(0, tenants, n)
     return vectors, owner
 
