@@ -212,6 +212,52 @@ def test_stored_features_verify_like_fresh_ones(photos: dict[str, bytes]) -> Non
         _ = unrelated.grey
 
 
+def test_ratio_test_matches_are_brute_force_knn_matches(photos: dict[str, bytes]) -> None:
+    """The matches verification fits a transform to are exactly OpenCV's brute-force Hamming knnMatch(k=2)
+    after Lowe's ratio test, for related and unrelated pairs, either way round."""
+    import cv2
+    from deeplens_server.keypoints import RATIO, _matches, keypoints
+
+    frames = []
+    for name in ("coffee", "chelsea", "astronaut"):
+        with Image.open(io.BytesIO(photos[name])) as img:
+            frames.append(img.convert("RGB"))
+    w, h = frames[0].size
+    frames += [frames[0].crop((w // 10, h // 10, w, h)), frames[0].rotate(5)]
+    features = [keypoints(f) for f in frames]
+    compared = 0
+    for a in features:
+        for b in features:
+            if a is b or a.descriptors is None or b.descriptors is None:
+                continue
+            pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
+            good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+            src, dst = _matches(a, b)
+            assert np.array_equal(src, a.points[[g.queryIdx for g in good]])
+            assert np.array_equal(dst, b.points[[g.trainIdx for g in good]])
+            compared += 1
+    assert compared == 20
+
+
+def test_copies_align_either_way_round_and_another_photo_does_not(photos: dict[str, bytes]) -> None:
+    from deeplens_server.keypoints import align, keypoints
+
+    with Image.open(io.BytesIO(photos["coffee"])) as img:
+        original = img.convert("RGB")
+    with Image.open(io.BytesIO(photos["chelsea"])) as img:
+        other = keypoints(img.convert("RGB"))
+    w, h = original.size
+    mine = keypoints(original)
+    for copy in (original.crop((0, 0, w * 3 // 4, h * 3 // 4)), original.rotate(5), original.resize((w // 2, h // 2))):
+        theirs = keypoints(copy)
+        for a, b in ((mine, theirs), (theirs, mine)):
+            found = align(a, b, min_inliers=15)
+            assert found.inliers >= 15
+            assert found.agreement >= 0.8
+    for a, b in ((mine, other), (other, mine)):
+        assert align(a, b, min_inliers=15).agreement < 0.5
+
+
 def test_a_sliver_has_no_features_and_stores_fine() -> None:
     from deeplens_server.keypoints import Keypoints, keypoints
 

@@ -106,6 +106,8 @@ class Alignment:
     inliers: int = 0
     agreement: float = 0.0
     overlap: float = 0.0
+    # Matches that passed the ratio test (before RANSAC).
+    matches: int = 0
 
     def better(self, other: Alignment) -> Alignment:
         return max(self, other, key=lambda a: (a.agreement, a.inliers))
@@ -148,30 +150,43 @@ def keypoints_of_bytes(data: bytes) -> Keypoints:
 
 def align(a: Keypoints, b: Keypoints, *, min_inliers: int = 0) -> Alignment:
     """The better of the two directions (RANSAC is not symmetric). Pixels are compared only when the fit has
-    at least ``min_inliers`` (the comparison is the costly part)."""
+    at least ``min_inliers`` (the comparison is the costly part). A pair whose first direction finds fewer than
+    ``_MIN_MATCHES`` distinctive matches is not tried the other way: a copy has dozens either way, and across
+    the duplicate benchmark's 23,120 same-picture and 2,971 unrelated pairs skipping it changed no verdict,
+    while it spares the second matching for ~40 % of the ingest benchmark's unrelated candidates."""
     first = _align(a, b, min_inliers)
-    return first if first.agreement >= 0.99 else first.better(_align(b, a, min_inliers))
+    if first.agreement >= 0.99 or first.matches < _MIN_MATCHES:
+        return first
+    return first.better(_align(b, a, min_inliers))
 
 
 def _align(a: Keypoints, b: Keypoints, min_inliers: int) -> Alignment:
     if a.descriptors is None or b.descriptors is None or min(len(a.points), len(b.points)) < _MIN_MATCHES:
         return Alignment()
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < _MIN_MATCHES:
-        return Alignment()
-    src = a.points[[g.queryIdx for g in good]]
-    dst = b.points[[g.trainIdx for g in good]]
+    src, dst = _matches(a, b)
+    if len(src) < _MIN_MATCHES:
+        return Alignment(matches=len(src))
     transform, mask = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=2000
     )
     if transform is None or mask is None:
-        return Alignment()
+        return Alignment(matches=len(src))
     inliers = int(mask.sum())
     scale = math.hypot(float(transform[0, 0]), float(transform[1, 0]))
     if inliers < min_inliers or not 0.05 < scale < 20:
-        return Alignment(inliers)
-    return Alignment(inliers, *_agreement(a.grey, b.grey, transform, scale))
+        return Alignment(inliers, matches=len(src))
+    return Alignment(inliers, *_agreement(a.grey, b.grey, transform, scale), matches=len(src))
+
+
+def _matches(a: Keypoints, b: Keypoints) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Points of ``a`` and their matches in ``b`` that pass Lowe's ratio test: each descriptor of ``a`` against
+    its two nearest in ``b`` — what a brute-force Hamming ``knnMatch(k=2)`` finds, as two arrays instead of
+    one Python object per match."""
+    if a.descriptors is None or b.descriptors is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    distances, nearest = cv2.batchDistance(a.descriptors, b.descriptors, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    good = (distances[:, 0] < RATIO * distances[:, 1]) & (nearest[:, 1] >= 0)
+    return a.points[good], b.points[nearest[good, 0]]
 
 
 def _agreement(
