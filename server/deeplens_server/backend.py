@@ -12,6 +12,7 @@ from deeplens_server import model_pointer
 from deeplens_server.admin_repository import AdminRepository, ObjectIndex, StorageLocationRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
+from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy
 from deeplens_server.embedder import Embedder
 from deeplens_server.errors import Unavailable
 from deeplens_server.events import EventLog
@@ -113,6 +114,11 @@ class Backend:
     async def tenant_models(self, tenant_id: str) -> model_pointer.TenantModels:
         """The model versions serving the tenant (its searches use ``active``)."""
         return await model_pointer.tenant_models(self.repo.pool, tenant_id, self.embedder.model_id)
+
+    async def ingest_settings(self, tenant_id: str) -> tuple[model_pointer.TenantModels, DuplicatePolicy]:
+        """The tenant's models and duplicate thresholds, read together (once per ingested image)."""
+        models, overrides = await model_pointer.tenant_settings(self.repo.pool, tenant_id, self.embedder.model_id)
+        return models, DEFAULT_POLICY.override(overrides)
 
     async def model_for(self, tenant_id: str) -> str:
         """The model version the tenant's searches embed with and read."""

@@ -178,7 +178,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         return await _finish(backend, record, item, operations.ITEM_FAILED, error=exc)
 
     # Embedded with the tenant's model, and with the one a running re-index is filling (see model_pointer).
-    models = await backend.tenant_models(tenant_id)
+    models, policy = await backend.ingest_settings(tenant_id)
     batch = analysis.model_input[np.newaxis]
     with _stage("embed"):
         embedded = await asyncio.gather(
@@ -217,7 +217,6 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
         features = analysis.keypoints.to_bytes()
         await backend.blobs.put_thumbnails(tenant_id, sha256, analysis.thumbnails, features=features)
     query = Fingerprint(sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
-    policy = await backend.repo.duplicate_policy(tenant_id)
     examined: set[tuple[str, str]] = set()
     with _stage("match"):
         matches = await find_matches(
