@@ -229,9 +229,13 @@ class VectorIndex:
 
     @classmethod
     def _by_keys(cls, tenant_id: str, keys: list[tuple[str, str]]) -> str:
-        """A filter naming rows by primary key only: the keys carry the tenant, and it is the exact form Milvus
-        Lite answers by point lookups (any other expression scans every row; 390 ms at 100k rows)."""
-        return f"pk in [{', '.join(_quote(cls._pk(tenant_id, c, i)) for c, i in keys)}]"
+        return cls._by_pks([cls._pk(tenant_id, c, i) for c, i in keys])
+
+    @staticmethod
+    def _by_pks(pks: list[str]) -> str:
+        """A filter naming rows by primary key only: each key begins with its tenant, and it is the exact form
+        Milvus Lite answers by point lookups (any other expression scans every row; 390 ms at 100k rows)."""
+        return f"pk in [{', '.join(_quote(pk) for pk in pks)}]"
 
     @staticmethod
     def _scope(tenant_id: str, collection_id: str | None = None) -> str:
@@ -303,8 +307,7 @@ class VectorIndex:
         if not self._replace_upserts:
             await self._c.upsert(collection, rows)
             return
-        keys = [(str(r["collection_id"]), str(r["image_id"])) for r in rows]
-        await self._c.delete(collection, filter=self._by_keys(tenant_id, keys))
+        await self._c.delete(collection, filter=self._by_pks([str(r["pk"]) for r in rows]))
         await self._c.insert(collection, rows)
 
     async def delete(self, tenant_id: str, *, collection_id: str | None = None, model: str | None = None) -> None:
