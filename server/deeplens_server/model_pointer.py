@@ -46,27 +46,31 @@ def split_model_id(model_id: str) -> tuple[str, str]:
 
 async def tenant_models(pool: asyncpg.Pool, tenant_id: str, default: str) -> TenantModels:
     """The tenant's models; a tenant that has none yet is given ``default`` (the server's configured model)."""
-    return (await tenant_settings(pool, tenant_id, default))[0]
-
-
-_SETTINGS = "embedding_model, reindex_model, reindex_operation, embedding_generation, duplicate_policy"
+    return _models(await _tenant_row(pool, tenant_id, default, _MODELS))
 
 
 async def tenant_settings(pool: asyncpg.Pool, tenant_id: str, default: str) -> tuple[TenantModels, dict[str, Any]]:
     """The tenant's models (as ``tenant_models``) and its duplicate-threshold overrides, in one read: every
     ingested image needs both."""
+    row = await _tenant_row(pool, tenant_id, default, f"{_MODELS}, duplicate_policy")
+    return _models(row), dict(row["duplicate_policy"] or {})
+
+
+_MODELS = "embedding_model, reindex_model, reindex_operation, embedding_generation"
+
+
+async def _tenant_row(pool: asyncpg.Pool, tenant_id: str, default: str, columns: str) -> asyncpg.Record:
     async with scoped(pool, tenant_id) as conn:
-        row = await conn.fetchrow(f"SELECT {_SETTINGS} FROM tenants WHERE id = $1", tenant_id)
+        row = await conn.fetchrow(f"SELECT {columns} FROM tenants WHERE id = $1", tenant_id)
         if row is None:
             raise NotFound("tenant", f"tenants/{tenant_id}", reason="TENANT_NOT_FOUND")
         if row["embedding_model"] is None:
             row = await conn.fetchrow(
-                "UPDATE tenants SET embedding_model = coalesce(embedding_model, $2) WHERE id = $1 "
-                f"RETURNING {_SETTINGS}",
+                f"UPDATE tenants SET embedding_model = coalesce(embedding_model, $2) WHERE id = $1 RETURNING {columns}",
                 tenant_id,
                 default,
             )
-    return _models(row), dict(row["duplicate_policy"] or {})
+    return row
 
 
 def _models(row: asyncpg.Record) -> TenantModels:
