@@ -25,11 +25,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from pymilvus import MilvusClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "deploy" / "embedded")]
 
-from deeplens_server.vectors import VectorIndex, VectorRecord  # noqa: E402
+from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord  # noqa: E402
 from deeplens_stack import milvus_server  # noqa: E402
 from deeplens_stack.stack import MILVUS_LITE_MEMTABLE_BYTES  # noqa: E402
 
@@ -101,6 +102,28 @@ def _record(i: int, vector: np.ndarray) -> VectorRecord:
     return VectorRecord("c", f"i{i}", vector, np.zeros(64, dtype=np.float32), fields)
 
 
+def _drop_index(uri: str, name: str) -> None:
+    client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+    client.release_collection(name)
+    client.drop_index(name, "embedding")
+    client.close()
+
+
+def _create_index(uri: str, name: str, ef_construction: int) -> None:
+    client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+    params = client.prepare_index_params()
+    params.add_index("embedding", index_type="HNSW", metric_type="COSINE",
+                     params={"M": 16, "efConstruction": ef_construction})  # fmt: skip
+    client.create_index(name, params)
+    client.close()
+
+
+def _load(uri: str, name: str) -> None:
+    client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+    client.load_collection(name, timeout=3600)
+    client.close()
+
+
 async def run(args: argparse.Namespace) -> None:
     home = Path(tempfile.mkdtemp(prefix=f"vector-scale-{args.engine}-"))
     proc, uri = start(args.engine, home)
@@ -108,6 +131,9 @@ async def run(args: argparse.Namespace) -> None:
         index = VectorIndex(uri, token="")
         await index.open()
         await index.ensure(MODEL, DIM)
+        name = index.collection(MODEL)
+        if args.index_after_load:  # a bulk load: no index (and no segment indexed twice) until every row is in
+            await asyncio.to_thread(_drop_index, uri, name)
         vectors, owner = dataset(args.vectors, args.tenants)
         started = time.perf_counter()
         for lo in range(0, len(vectors), args.batch * args.tenants):
@@ -121,10 +147,12 @@ async def run(args: argparse.Namespace) -> None:
 
         client = index._client
         assert client is not None
-        name = index.collection(MODEL)
         started = time.perf_counter()
         if args.engine == "standalone":
             await client.flush(name)
+            if args.index_after_load:
+                print(f"flushed in {time.perf_counter() - started:.1f} s")
+                await asyncio.to_thread(_create_index, uri, name, args.ef_construction)
             while True:
                 described = await client.describe_index(name, "embedding")
                 if (
@@ -133,7 +161,9 @@ async def run(args: argparse.Namespace) -> None:
                 ):
                     break
                 await asyncio.sleep(1)
-        print(f"index covers every row after {time.perf_counter() - started:.1f} s more")
+            if args.index_after_load:
+                await asyncio.to_thread(_load, uri, name)
+        print(f"index covers every row (and the collection is loaded) after {time.perf_counter() - started:.1f} s more")
 
         rng = np.random.default_rng(1)
         queries = []
@@ -192,6 +222,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--batch", type=int, default=500, help="rows per upsert call (one tenant's)")
+    parser.add_argument("--index-after-load", action="store_true",
+                        help="standalone: drop the index before the load, build it after the flush")  # fmt: skip
+    parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (--index-after-load)")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
     asyncio.run(run(parser.parse_args()))
 
