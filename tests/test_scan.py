@@ -96,6 +96,35 @@ def test_scan_then_incremental_rescan(stack: Stack, admin: DeepLensClient, conne
     assert operation_metadata(done).total == 0
 
 
+def test_scanned_objects_are_held_to_the_tenants_own_image_limits(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory
+) -> None:
+    limits = resources_pb2.TenantLimits(max_image_bytes=50_000, max_image_pixels=300_000)
+    tenant, client = new_tenant(admin, connect, limits=limits)
+    root = stack.local_storage_root / tenant
+    root.mkdir(parents=True)
+    (root / "small.jpg").write_bytes(_jpeg(7))
+    noise = np.random.default_rng(8).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "heavy.jpg", quality=95)  # under the server's limits, over the tenant's
+    Image.new("RGB", (1000, 1000), (40, 90, 160)).save(root / "wide.png")  # a few kB, a million pixels
+    assert (root / "heavy.jpg").stat().st_size > 50_000 > (root / "wide.png").stat().st_size
+    client.admin.CreateStorageLocation(
+        admin_service_pb2.CreateStorageLocationRequest(
+            parent=f"tenants/{tenant}",
+            storage_location_id="nas",
+            storage_location=resources_pb2.StorageLocation(uri=root.as_uri()),
+        ),
+        metadata=client.metadata,
+    )
+    done, _ = _scan(client, f"tenants/{tenant}/storageLocations/nas")
+    meta = operation_metadata(done)
+    assert (meta.total, meta.succeeded, meta.failed) == (3, 1, 2)
+    infos = [error_info(f.status) for f in meta.failures]
+    assert {i.reason for i in infos if i is not None} == {"IMAGE_TOO_LARGE", "IMAGE_TOO_MANY_PIXELS"}
+    assert [i.metadata["max_bytes"] for i in infos if i is not None and i.reason == "IMAGE_TOO_LARGE"] == ["50000"]
+    assert _found(client, tenant, _jpeg(7))[0] == ("small.jpg", 1.0)
+
+
 def test_scan_of_a_vanished_location_fails_with_a_reason(
     stack: Stack, admin: DeepLensClient, connect: ClientFactory
 ) -> None:

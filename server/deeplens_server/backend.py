@@ -27,6 +27,15 @@ from deeplens_server.vectors import VectorIndex
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """What indexing one image of a tenant needs to know of it."""
+
+    models: model_pointer.TenantModels
+    policy: DuplicatePolicy
+    limits: ImageLimits
+
+
 @dataclass
 class Backend:
     settings: Settings
@@ -51,7 +60,13 @@ class Backend:
 
     @property
     def limits(self) -> ImageLimits:
-        return ImageLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+        """The server's image limits (what every tenant's own may tighten)."""
+        return self.image_limits()
+
+    def image_limits(self, max_bytes: int = 0, max_pixels: int = 0) -> ImageLimits:
+        """The server's image limits tightened by a tenant's own (0: none of its own; never above the server's)."""
+        own_bytes, own_pixels = self.settings.max_image_bytes, self.settings.max_image_pixels
+        return ImageLimits(min(max_bytes or own_bytes, own_bytes), min(max_pixels or own_pixels, own_pixels))
 
     @classmethod
     async def open(cls, settings: Settings, *, timeout: float = 120.0) -> Backend:
@@ -115,10 +130,12 @@ class Backend:
         """The model versions serving the tenant (its searches use ``active``)."""
         return await model_pointer.tenant_models(self.repo.pool, tenant_id, self.embedder.model_id)
 
-    async def ingest_settings(self, tenant_id: str) -> tuple[model_pointer.TenantModels, DuplicatePolicy]:
-        """The tenant's models and duplicate thresholds, read together (once per ingested image)."""
-        models, overrides = await model_pointer.tenant_settings(self.repo.pool, tenant_id, self.embedder.model_id)
-        return models, DEFAULT_POLICY.override(overrides)
+    async def ingest_settings(self, tenant_id: str) -> IngestSettings:
+        """The tenant's models, duplicate thresholds and image limits, read together (once per ingested image)."""
+        models, overrides, (max_bytes, max_pixels) = await model_pointer.tenant_settings(
+            self.repo.pool, tenant_id, self.embedder.model_id
+        )
+        return IngestSettings(models, DEFAULT_POLICY.override(overrides), self.image_limits(max_bytes, max_pixels))
 
     async def model_for(self, tenant_id: str) -> str:
         """The model version the tenant's searches embed with and read."""

@@ -49,11 +49,14 @@ async def tenant_models(pool: asyncpg.Pool, tenant_id: str, default: str) -> Ten
     return _models(await _tenant_row(pool, tenant_id, default, _MODELS))
 
 
-async def tenant_settings(pool: asyncpg.Pool, tenant_id: str, default: str) -> tuple[TenantModels, dict[str, Any]]:
-    """The tenant's models (as ``tenant_models``) and its duplicate-threshold overrides, in one read: every
-    ingested image needs both."""
-    row = await _tenant_row(pool, tenant_id, default, f"{_MODELS}, duplicate_policy")
-    return _models(row), dict(row["duplicate_policy"] or {})
+async def tenant_settings(
+    pool: asyncpg.Pool, tenant_id: str, default: str
+) -> tuple[TenantModels, dict[str, Any], tuple[int, int]]:
+    """The tenant's models (as ``tenant_models``), its duplicate-threshold overrides and its own image limits
+    (bytes, pixels; 0: none of its own), in one read: every ingested image needs all three."""
+    row = await _tenant_row(pool, tenant_id, default, f"{_MODELS}, duplicate_policy, max_image_bytes, max_image_pixels")
+    limits = (int(row["max_image_bytes"]), int(row["max_image_pixels"]))
+    return _models(row), dict(row["duplicate_policy"] or {}), limits
 
 
 _MODELS = "embedding_model, reindex_model, reindex_operation, embedding_generation"

@@ -140,18 +140,20 @@ async def fail_item(backend: Backend, tenant_id: str, operation_id: str, item: i
     await _finish(backend, record, item, operations.ITEM_DEAD, error=error)
 
 
-async def _read(backend: Backend, tenant_id: str, source: dict[str, Any]) -> tuple[bytes, str]:
-    """The item's bytes and where they live: an uploaded original, or an object in a storage location."""
+async def _read(backend: Backend, tenant_id: str, source: dict[str, Any], max_bytes: int) -> tuple[bytes, str]:
+    """The item's bytes and where they live: an uploaded original, or an object in a storage location (at
+    most ``max_bytes``, the tenant's limit)."""
     if "url" in source:
-        data = await fetch_image(source["url"], backend.storage_policy, backend.settings.max_image_bytes)
+        data = await fetch_image(source["url"], backend.storage_policy, max_bytes)
         return data, source["url"]
     if "location" not in source:
         return await backend.blobs.get(tenant_id, source["sha256"]), source["storage_uri"]
-    if int(source.get("size_bytes", 0)) > backend.settings.max_image_bytes:
+    if int(source.get("size_bytes", 0)) > max_bytes:
         raise ImageRejected(
-            f"the object is {source['size_bytes']} bytes; the limit is {backend.settings.max_image_bytes}",
+            f"the object is {source['size_bytes']} bytes; the limit is {max_bytes}",
             field="path",
             reason="IMAGE_TOO_LARGE",
+            metadata={"size_bytes": str(source["size_bytes"]), "max_bytes": str(max_bytes)},
         )
     location = await backend.locations.get(tenant_id, source["location"])
     spec = validate(locations.spec_of(backend, location), backend.storage_policy)
@@ -170,15 +172,18 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     if record.state == operations.PENDING:
         record = await backend.ops.mark_running(tenant_id, operation_id, "index")
         await backend.events.announce(record)
+    # The tenant's limits apply to what a scan or a URL brings as to uploads. The image is embedded with the
+    # tenant's model and with the one a running re-index is filling (see model_pointer: a change of models
+    # while this image is analysed is caught when it is stored).
+    settings = await backend.ingest_settings(tenant_id)
+    models, policy = settings.models, settings.policy
     try:
         with _stage("read"):
-            data, storage_uri = await _read(backend, tenant_id, source)
-        analysis = await asyncio.to_thread(analyze, data, backend.limits)
+            data, storage_uri = await _read(backend, tenant_id, source, settings.limits.max_bytes)
+        analysis = await asyncio.to_thread(analyze, data, settings.limits)
     except (ImageRejected, NotFound) as exc:
         return await _finish(backend, record, item, operations.ITEM_FAILED, error=exc)
 
-    # Embedded with the tenant's model, and with the one a running re-index is filling (see model_pointer).
-    models, policy = await backend.ingest_settings(tenant_id)
     batch = analysis.model_input[np.newaxis]
     with _stage("embed"):
         embedded = await asyncio.gather(
