@@ -212,6 +212,10 @@ def main() -> None:
                         rate, spread = concurrent(make, args.threads, args.seconds)
                         print(f"  search {what}, {args.threads} clients: {rate:6.1f} searches/s; {percentiles(spread)}")
                     print("  peak RSS so far: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
+                    stats = [timed(lambda: client.get_tenant_stats(TENANT)) for _ in range(3)]
+                    counted = client.get_tenant_stats(TENANT)
+                    print(f"  GetTenantStats: {statistics.median(stats):.0f} ms (median of 3; "
+                          f"{counted.images:,} images, {counted.vectors:,} vectors)")  # fmt: skip
             stop_sampling.set()
             sampler.join()
         finally:
