@@ -6,7 +6,9 @@ tenant partition key), same queries.
     .venv/bin/python bench/vector_scale.py --engine lite --vectors 20000
 
 Prints: load rate through ``VectorIndex.upsert`` (``--batch`` rows of one tenant a call), time until the index
-covers every row, search latency p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages
+covers every row (``indexed_rows``; the server may go on merging small segments and indexing them again, which
+``--settle`` waits out; ``--index-after-load`` builds the index once the load is flushed; ``--attach URI``
+measures a server an earlier run loaded, whose dataset it generates again from the same seed), search latency p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages
 asks), the throughput of 8 concurrent searchers, recall@10 against exact search within the tenant, and the engine's RSS.
 Vectors: L2-normalised points around 2,000 random centres (photos cluster; uniform noise would flatter HNSW).
 """
@@ -49,6 +51,10 @@ def _rss_mb(pid: int) -> float:
         except FileNotFoundError:
             pass
     return total / 1024
+
+
+def _oldest(pattern: str) -> int:
+    return int(subprocess.run(["pgrep", "-of", pattern], capture_output=True, text=True).stdout.split()[0])
 
 
 def _children(pid: int) -> list[int]:
@@ -125,95 +131,112 @@ def _load(uri: str, name: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    home = Path(tempfile.mkdtemp(prefix=f"vector-scale-{args.engine}-"))
-    proc, uri = start(args.engine, home)
+    if args.attach:  # a server a run before loaded (the dataset is generated again, same seed)
+        home, proc, uri = None, None, args.attach
+    else:
+        home = Path(tempfile.mkdtemp(prefix=f"vector-scale-{args.engine}-"))
+        proc, uri = start(args.engine, home)
     try:
         index = VectorIndex(uri, token="")
         await index.open()
         await index.ensure(MODEL, DIM)
         name = index.collection(MODEL)
-        if args.index_after_load:  # a bulk load: no index (and no segment indexed twice) until every row is in
-            await asyncio.to_thread(_drop_index, uri, name)
         vectors, owner = dataset(args.vectors, args.tenants)
-        started = time.perf_counter()
-        for lo in range(0, len(vectors), args.batch * args.tenants):
-            for tenant in range(args.tenants):
-                rows = lo + np.flatnonzero(owner[lo : lo + args.batch * args.tenants] == tenant)
-                if len(rows):
-                    await index.upsert(f"t{tenant}", MODEL, [_record(i, vectors[i]) for i in rows], colour=False)
-        load = time.perf_counter() - started
-        print(f"engine {args.engine}: loaded {len(vectors):,} vectors ({args.tenants} tenants) in {load:.1f} s "
-              f"= {len(vectors) / load:,.0f} vectors/s through VectorIndex.upsert")  # fmt: skip
-
         client = index._client
         assert client is not None
+        if not args.attach:
+            await load(args, index, uri, name, vectors, owner)
         started = time.perf_counter()
         if args.engine == "standalone":
-            await client.flush(name)
-            if args.index_after_load:
-                print(f"flushed in {time.perf_counter() - started:.1f} s")
+            if args.index_after_load and not args.attach:
                 await asyncio.to_thread(_create_index, uri, name, args.ef_construction)
-            covered = False
-            while True:
+            while True:  # every row in an indexed segment (compaction may go on merging segments and indexing them)
                 described = await client.describe_index(name, "embedding")
-                if not covered and int(described.get("indexed_rows", 0)) >= len(vectors):
-                    covered = True  # every row in an indexed segment; compaction may still merge and re-index
-                    print(f"indexed_rows covers every row after {time.perf_counter() - started:.1f} s")
-                if covered and int(described.get("pending_index_rows", 0)) == 0:
+                if int(described.get("indexed_rows", 0)) >= len(vectors):
                     break
                 await asyncio.sleep(1)
+            pending = int(described.get("pending_index_rows", 0))
+            print(f"indexed_rows covers every row after {time.perf_counter() - started:.1f} s more; "
+                  f"{pending:,} rows of merged segments wait for an index")  # fmt: skip
             if args.index_after_load:
                 await asyncio.to_thread(_load, uri, name)
-        print(f"index covers every row (and the collection is loaded) after {time.perf_counter() - started:.1f} s more")
-
-        rng = np.random.default_rng(1)
-        queries = []
-        for _ in range(args.queries):
-            i = int(rng.integers(0, len(vectors)))
-            q = vectors[i] + 0.05 * rng.standard_normal(DIM).astype(np.float32)
-            queries.append((f"t{owner[i]}", q / np.linalg.norm(q), int(owner[i])))
-        for level in ("Bounded", "Strong"):
-            index._search_consistency = level  # both read modes on the same data, side by side
-            for tenant, q, _ in queries[:5]:  # warm-up
-                await index.search(tenant, q, model=MODEL, limit=10)
-            latencies = []
-            for tenant, q, _ in queries:
-                t = time.perf_counter()
-                await index.search(tenant, q, model=MODEL, limit=10)
-                latencies.append((time.perf_counter() - t) * 1000)
-            cuts = statistics.quantiles(latencies, n=100)
-            p50 = statistics.median(latencies)
-            print(f"search, {level} reads (top 10, tenant filter, one at a time): p50 {p50:.1f} ms, "
-                  f"p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
-
-            async def searcher(share: list[tuple[str, np.ndarray, int]]) -> None:
-                for tenant, q, _ in share:
-                    await index.search(tenant, q, model=MODEL, limit=10)
-
-            started = time.perf_counter()
-            await asyncio.gather(*(searcher(queries[k::8]) for k in range(8)))
-            print(f"  8 concurrent searchers, {level}: {len(queries) / (time.perf_counter() - started):.0f} searches/s")
-
-        exact = []
-        for _, q, tenant in queries[:100]:
-            mine = np.flatnonzero(owner == tenant)
-            exact.append({f"i{i}" for i in mine[np.argsort(-(vectors[mine] @ q))[:10]]})
-        index._search_consistency = "Bounded"
-        for ef in args.ef:
-            index.search_ef = ef
-            latencies, recall = [], []
-            for (tenant, q, _), truth in zip(queries[:100], exact, strict=True):
-                t = time.perf_counter()
-                found = await index.search(tenant, q, model=MODEL, limit=10)
-                latencies.append((time.perf_counter() - t) * 1000)
-                recall.append(len(truth & {h.image_id for h in found}) / 10)
-            print(f"HNSW ef {ef:>3}: recall@10 {statistics.mean(recall):.3f} against exact search within the tenant, "
-                  f"p50 {statistics.median(latencies):.1f} ms (Bounded)")  # fmt: skip
-        print(f"engine RSS: {_rss_mb(proc.pid):,.0f} MB")
+            if args.settle:
+                while int((await client.describe_index(name, "embedding")).get("pending_index_rows", 0)):  # noqa: ASYNC110
+                    await asyncio.sleep(1)
+                print(f"no index work pending after {time.perf_counter() - started:.1f} s")
+        await measure(args, index, vectors, owner)
+        pid = proc.pid if proc is not None else _oldest("milvus run")
+        print(f"engine RSS: {_rss_mb(pid):,.0f} MB")
         await index.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+async def load(
+    args: argparse.Namespace, index: VectorIndex, uri: str, name: str, vectors: np.ndarray, owner: np.ndarray
+) -> None:
+    if args.index_after_load:  # a bulk load: no index (and no segment indexed twice) until every row is in
+        await asyncio.to_thread(_drop_index, uri, name)
+    started = time.perf_counter()
+    for lo in range(0, len(vectors), args.batch * args.tenants):
+        for tenant in range(args.tenants):
+            rows = lo + np.flatnonzero(owner[lo : lo + args.batch * args.tenants] == tenant)
+            if len(rows):
+                await index.upsert(f"t{tenant}", MODEL, [_record(i, vectors[i]) for i in rows], colour=False)
+    took = time.perf_counter() - started
+    print(f"engine {args.engine}: loaded {len(vectors):,} vectors ({args.tenants} tenants) in {took:.1f} s "
+          f"= {len(vectors) / took:,.0f} vectors/s through VectorIndex.upsert")  # fmt: skip
+    if args.engine == "standalone":
+        assert index._client is not None
+        await index._client.flush(name)
+
+
+async def measure(args: argparse.Namespace, index: VectorIndex, vectors: np.ndarray, owner: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    queries = []
+    for _ in range(args.queries):
+        i = int(rng.integers(0, len(vectors)))
+        q = vectors[i] + 0.05 * rng.standard_normal(DIM).astype(np.float32)
+        queries.append((f"t{owner[i]}", q / np.linalg.norm(q), int(owner[i])))
+    for level in ("Bounded", "Strong"):
+        index._search_consistency = level  # both read modes on the same data, side by side
+        for tenant, q, _ in queries[:5]:  # warm-up
+            await index.search(tenant, q, model=MODEL, limit=10)
+        latencies = []
+        for tenant, q, _ in queries:
+            t = time.perf_counter()
+            await index.search(tenant, q, model=MODEL, limit=10)
+            latencies.append((time.perf_counter() - t) * 1000)
+        cuts = statistics.quantiles(latencies, n=100)
+        p50 = statistics.median(latencies)
+        print(f"search, {level} reads (top 10, tenant filter, one at a time): p50 {p50:.1f} ms, "
+              f"p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
+
+        async def searcher(share: list[tuple[str, np.ndarray, int]]) -> None:
+            for tenant, q, _ in share:
+                await index.search(tenant, q, model=MODEL, limit=10)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(searcher(queries[k::8]) for k in range(8)))
+        print(f"  8 concurrent searchers, {level}: {len(queries) / (time.perf_counter() - started):.0f} searches/s")
+
+    exact = []
+    for _, q, tenant in queries[:100]:
+        mine = np.flatnonzero(owner == tenant)
+        exact.append({f"i{i}" for i in mine[np.argsort(-(vectors[mine] @ q))[:10]]})
+    index._search_consistency = "Bounded"
+    for ef in args.ef:
+        index.search_ef = ef
+        latencies, recall = [], []
+        for (tenant, q, _), truth in zip(queries[:100], exact, strict=True):
+            t = time.perf_counter()
+            found = await index.search(tenant, q, model=MODEL, limit=10)
+            latencies.append((time.perf_counter() - t) * 1000)
+            recall.append(len(truth & {h.image_id for h in found}) / 10)
+        print(f"HNSW ef {ef:>3}: recall@10 {statistics.mean(recall):.3f} against exact search within the tenant, "
+              f"p50 {statistics.median(latencies):.1f} ms (Bounded)")  # fmt: skip
 
 
 def main() -> None:
@@ -225,6 +248,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="rows per upsert call (one tenant's)")
     parser.add_argument("--index-after-load", action="store_true",
                         help="standalone: drop the index before the load, build it after the flush")  # fmt: skip
+    parser.add_argument("--attach", metavar="URI", help="measure a server a run before loaded (same arguments)")
+    parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
     parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (--index-after-load)")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
     asyncio.run(run(parser.parse_args()))
