@@ -188,6 +188,9 @@ class Stack:
         env.setdefault("DEEPLENS_ALLOW_PRIVATE_ENDPOINTS", "true")
         env.setdefault("DEEPLENS_LOCAL_STORAGE_ROOTS", json.dumps([str(self.local_storage_root)]))
         env["PYTHONUNBUFFERED"] = "1"
+        # Two glibc malloc arenas instead of one per allocating thread: ~11 % less peak RSS for the server
+        # under load, same latency (docs/benchmarks.md).
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
 
     def _alive(self, service: str) -> Callable[[], bool] | None:
