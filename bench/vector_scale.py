@@ -8,8 +8,9 @@ tenant partition key), same queries.
 Prints: load rate through ``VectorIndex.upsert`` (``--batch`` rows of one tenant a call), time until the index
 covers every row (``indexed_rows``; the server may go on merging small segments and indexing them again, which
 ``--settle`` waits out; ``--index-after-load`` builds the index once the load is flushed; ``--attach URI``
-measures a server an earlier run loaded, whose dataset it generates again from the same seed), search latency p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages
-asks), the throughput of 8 concurrent searchers, recall@10 against exact search within the tenant, and the engine's RSS.
+measures a server an earlier run loaded, whose dataset it generates again from the same seed), search latency
+p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages asks), the throughput of
+8 concurrent searchers, recall@10 against exact search within the tenant, and the engine's RSS.
 Vectors: L2-normalised points around 2,000 random centres (photos cluster; uniform noise would flatter HNSW).
 """
 
