@@ -45,6 +45,18 @@ def _scan(client: DeepLensClient, name: str, prefix: str = "") -> tuple[operatio
     return done, response
 
 
+def _add_folder(client: DeepLensClient, tenant: str, root: Path) -> None:
+    """The folder ``root`` as the tenant's storage location ``nas``."""
+    client.admin.CreateStorageLocation(
+        admin_service_pb2.CreateStorageLocationRequest(
+            parent=f"tenants/{tenant}",
+            storage_location_id="nas",
+            storage_location=resources_pb2.StorageLocation(uri=root.as_uri()),
+        ),
+        metadata=client.metadata,
+    )
+
+
 def _found(client: DeepLensClient, tenant: str, content: bytes) -> list[tuple[str, float]]:
     hits = client.search_images(f"tenants/{tenant}/collections/nas", image_content=content, top_k=10).results
     return [(h.image.storage_uri.rsplit("/", 1)[1], round(h.score, 3)) for h in hits]
@@ -60,14 +72,7 @@ def test_scan_then_incremental_rescan(stack: Stack, admin: DeepLensClient, conne
     (root / "notes.txt").write_text("not an image")
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     location = f"tenants/{tenant}/storageLocations/nas"
-    client.admin.CreateStorageLocation(
-        admin_service_pb2.CreateStorageLocationRequest(
-            parent=f"tenants/{tenant}",
-            storage_location_id="nas",
-            storage_location=resources_pb2.StorageLocation(uri=root.as_uri()),
-        ),
-        metadata=client.metadata,
-    )
+    _add_folder(client, tenant, root)
 
     done, first = _scan(client, location)
     meta = operation_metadata(done)
@@ -108,14 +113,7 @@ def test_scanned_objects_are_held_to_the_tenants_own_image_limits(
     Image.fromarray(noise).save(root / "heavy.jpg", quality=95)  # under the server's limits, over the tenant's
     Image.new("RGB", (1000, 1000), (40, 90, 160)).save(root / "wide.png")  # a few kB, a million pixels
     assert (root / "heavy.jpg").stat().st_size > 50_000 > (root / "wide.png").stat().st_size
-    client.admin.CreateStorageLocation(
-        admin_service_pb2.CreateStorageLocationRequest(
-            parent=f"tenants/{tenant}",
-            storage_location_id="nas",
-            storage_location=resources_pb2.StorageLocation(uri=root.as_uri()),
-        ),
-        metadata=client.metadata,
-    )
+    _add_folder(client, tenant, root)
     done, _ = _scan(client, f"tenants/{tenant}/storageLocations/nas")
     meta = operation_metadata(done)
     assert (meta.total, meta.succeeded, meta.failed) == (3, 1, 2)

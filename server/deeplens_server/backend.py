@@ -61,12 +61,7 @@ class Backend:
     @property
     def limits(self) -> ImageLimits:
         """The server's image limits (what every tenant's own may tighten)."""
-        return self.image_limits()
-
-    def image_limits(self, max_bytes: int = 0, max_pixels: int = 0) -> ImageLimits:
-        """The server's image limits tightened by a tenant's own (0: none of its own; never above the server's)."""
-        own_bytes, own_pixels = self.settings.max_image_bytes, self.settings.max_image_pixels
-        return ImageLimits(min(max_bytes or own_bytes, own_bytes), min(max_pixels or own_pixels, own_pixels))
+        return ImageLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
 
     @classmethod
     async def open(cls, settings: Settings, *, timeout: float = 120.0) -> Backend:
@@ -135,7 +130,7 @@ class Backend:
         models, overrides, (max_bytes, max_pixels) = await model_pointer.tenant_settings(
             self.repo.pool, tenant_id, self.embedder.model_id
         )
-        return IngestSettings(models, DEFAULT_POLICY.override(overrides), self.image_limits(max_bytes, max_pixels))
+        return IngestSettings(models, DEFAULT_POLICY.override(overrides), self.limits.tightened(max_bytes, max_pixels))
 
     async def model_for(self, tenant_id: str) -> str:
         """The model version the tenant's searches embed with and read."""

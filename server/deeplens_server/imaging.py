@@ -37,6 +37,12 @@ class ImageLimits:
     max_bytes: int
     max_pixels: int
 
+    def tightened(self, max_bytes: int, max_pixels: int) -> ImageLimits:
+        """These limits lowered to a tenant's own (0: none of its own); never raised."""
+        return ImageLimits(
+            min(max_bytes or self.max_bytes, self.max_bytes), min(max_pixels or self.max_pixels, self.max_pixels)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ImageHeader:

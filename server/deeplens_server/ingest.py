@@ -36,10 +36,13 @@ class ImageUpload:
 
 def effective_limits(settings: Settings, own: Limits) -> Limits:
     """A tenant's limits with its zeros replaced by the server's defaults (and never above the server's caps)."""
+    image = ImageLimits(settings.max_image_bytes, settings.max_image_pixels).tightened(
+        own.max_image_bytes, own.max_image_pixels
+    )
     return Limits(
         max_images=own.max_images or settings.default_max_images,
-        max_image_bytes=min(own.max_image_bytes or settings.max_image_bytes, settings.max_image_bytes),
-        max_image_pixels=min(own.max_image_pixels or settings.max_image_pixels, settings.max_image_pixels),
+        max_image_bytes=image.max_bytes,
+        max_image_pixels=image.max_pixels,
         requests_per_second=own.requests_per_second or settings.default_requests_per_second,
         max_concurrent_operations=own.max_concurrent_operations or settings.default_max_concurrent_operations,
     )
