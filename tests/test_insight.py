@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grpc
 import pytest
 from deeplens.client import DeepLensClient
 from deeplens.v1 import admin_service_pb2
+from deeplens_server.vectors import VectorIndex
+from deeplens_stack import Stack
 
 from tests.conftest import ClientFactory, new_tenant
 
@@ -53,3 +56,30 @@ def test_tenant_stats_health_and_models(
     assert active[0].name == "efficientnet_lite0@1"
     assert active[0].ready
     assert active[0].collection.startswith("images__efficientnet_lite0")
+
+
+@pytest.mark.stack
+async def test_vector_count_shows_drift_where_the_index_can_count(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    """On a Milvus server `vectors` is the index's own count, so a vector lost from the index shows as a gap to
+    `images`. Milvus Lite cannot count a tenant without reading every row: there it is PostgreSQL's record."""
+    tenant, client = new_tenant(admin, connect)
+    parent = f"tenants/{tenant}/collections/drift"
+    for name, photo in (("a", "coins"), ("b", "coffee")):
+        client.wait_operation(client.ingest_image(parent, photos[photo], image_id=name).name, timeout=120)
+    request = admin_service_pb2.GetTenantStatsRequest(name=f"tenants/{tenant}")
+    before = client.admin.GetTenantStats(request, metadata=client.metadata)
+    assert (before.images, before.vectors) == (2, 2)
+
+    index = VectorIndex(stack.config.endpoints["DEEPLENS_MILVUS_URI"], token="")
+    await index.open()
+    try:
+        await index.delete_images(tenant, [("drift", "a")])
+        counted = index.counts_tenants
+    finally:
+        await index.close()
+    after = client.admin.GetTenantStats(request, metadata=client.metadata)
+    assert after.images == 2
+    assert after.vectors == (1 if counted else 2)
+    assert counted == (os.environ.get("DEEPLENS_STACK_MILVUS") == "standalone")

@@ -136,6 +136,14 @@ class Backend:
         """The model version the tenant's searches embed with and read."""
         return (await self.tenant_models(tenant_id)).active
 
+    async def vector_count(self, tenant_id: str, model: str) -> int:
+        """The tenant's embeddings in ``model``'s collection: counted by the vector index where that is cheap (a
+        Milvus server), else PostgreSQL's count of the images that model embedded (Milvus Lite, which would read
+        every row of the tenant to count them and serve nothing else meanwhile)."""
+        if self.vectors.counts_tenants:
+            return await self.vectors.count(tenant_id, model)
+        return await self.repo.count_embedded(tenant_id, model)
+
     async def prepare_model(self, model: str) -> None:
         """Makes sure ``model`` is served and its vector collection exists."""
         await self.vectors.ensure(model, await self.embedder.dim(model))

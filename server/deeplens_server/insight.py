@@ -50,7 +50,7 @@ async def tenant_stats(backend: Backend, tenant_id: str) -> TenantStats:
         duplicate_images=total.duplicate_images,
         duplicate_groups=int(groups),
         reclaimable_bytes=total.reclaimable_bytes,
-        vectors=await backend.vectors.count(tenant_id, models.active),
+        vectors=await backend.vector_count(tenant_id, models.active),
         operations_by_state={int(r["state"]): int(r["n"]) for r in states},
         pending_items=int(pending),
         queue_depth=await backend.queue.depth(),

@@ -208,6 +208,14 @@ class Repository:
             )
         )
 
+    async def count_embedded(self, tenant_id: str, model: str) -> int:
+        """The tenant's images whose embedding ``model`` wrote."""
+        return int(
+            await self._db.fetchval(
+                tenant_id, "SELECT count(*) FROM images WHERE tenant_id = $1 AND model = $2", tenant_id, model
+            )
+        )
+
     async def get_image(self, tenant_id: str, collection_id: str, image_id: str) -> ImageRecord:
         row = await self._db.fetchrow(
             tenant_id,

@@ -157,6 +157,9 @@ class VectorIndex:
         # Milvus 2.3 servers place upserted rows in the wrong partition when the collection has a partition
         # key (they are then invisible to tenant-filtered reads): there, an upsert is a delete then an insert.
         self._replace_upserts = False
+        # Milvus Lite counts a filtered set by reading every matching row, vector and all, into Python (~0.35 ms
+        # a row, and the engine serves nothing else meanwhile): request paths must not call `count` there.
+        self.counts_tenants = True
         # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
         self._write_lock = asyncio.Lock()
         self._queued: list[_Write] = []
@@ -211,6 +214,7 @@ class VectorIndex:
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
         self._replace_upserts = re.match(r"^v?2\.3\.", version) is not None
+        self.counts_tenants = not version.startswith("milvus_lite")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -341,7 +345,8 @@ class VectorIndex:
             raise Unavailable("the vector index is unavailable") from exc
 
     async def count(self, tenant_id: str, model: str) -> int:
-        """The tenant's embeddings in ``model``'s collection."""
+        """The tenant's embeddings in ``model``'s collection. Cheap only where ``counts_tenants``: elsewhere this
+        reads every row of the tenant (35 s for 100k on Milvus Lite)."""
         try:
             rows = await self._c.query(
                 self.collection(model), filter=self._scope(tenant_id), output_fields=["count(*)"]

@@ -18,7 +18,7 @@ async def purge_tenant(backend: Backend, tenant_id: str, operation_id: str) -> O
 
     await backend.events.announce(await backend.ops.mark_running(tenant_id, operation_id, "count"))
     counts = await backend.admin.purge_counts(tenant_id, operation_id)
-    vectors = await backend.vectors.count(tenant_id, await backend.model_for(tenant_id))
+    vectors = await backend.vector_count(tenant_id, await backend.model_for(tenant_id))
     files, size = await backend.blobs.usage(tenant_id)
     response = admin_service_pb2.PurgeTenantResponse(
         dry_run=dry_run,

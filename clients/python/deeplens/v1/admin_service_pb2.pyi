@@ -985,7 +985,11 @@ class GetTenantStatsResponse(_message.Message):
     reclaimable_bytes: _builtins.int
     """What deleting every unresolved group's non-keepers would free."""
     vectors: _builtins.int
-    """Embeddings of the tenant in its model's collection."""
+    """Embeddings of the tenant in its model's collection, as the vector index counts them on a Milvus server
+    (a gap to `images` there is drift between the stores, or a re-index in progress). On Milvus Lite, which can
+    count one tenant's rows only by reading each of them, it is the images PostgreSQL records as embedded by
+    that model.
+    """
     pending_items: _builtins.int
     """The tenant's items waiting to be indexed (queued, running or waiting for a retry)."""
     queue_depth: _builtins.int
