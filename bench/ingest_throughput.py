@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -152,16 +151,13 @@ def main() -> None:
               f"mean {statistics.mean(sizes) / 1e3:.0f} kB")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="deeplens-ingest-bench-") as tmp:
-        stack = Stack(StackConfig(data_dir=Path(tmp) / "stack", port_base=args.port_base, durable=False))
-        extra: list[subprocess.Popen[bytes]] = []
+        environ = {**os.environ, "DEEPLENS_WORKER_PROCESSES": str(args.workers)}
+        stack = Stack(
+            StackConfig(data_dir=Path(tmp) / "stack", port_base=args.port_base, durable=False, environ=environ)
+        )
         try:
             stack.up()
-            for n in range(args.workers - 1):
-                env = stack.child_env()
-                env["DEEPLENS_WORKER_METRICS_LISTEN"] = f"127.0.0.1:{args.port_base + 92 + n}"
-                extra.append(subprocess.Popen([sys.executable, "-m", "deeplens_worker"], env=env,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-            time.sleep(3 if extra else 0)
+            time.sleep(3 if args.workers > 1 else 0)  # the stack waits for the first process only
             with DeepLensClient(stack.config.grpc_target, api_key=stack.admin_key()) as admin:
                 limits = resources_pb2.TenantLimits(requests_per_second=100_000, max_image_bytes=64 << 20)
                 admin.create_tenant("bench", limits=limits)
@@ -171,7 +167,6 @@ def main() -> None:
             records = {name: stack.procs.get(name) for name in names}
             pids = {name: r.pid for name, r in records.items() if r is not None}
             peak = dict.fromkeys(pids, 0.0)
-            workers = [pids["worker"], *(proc.pid for proc in extra)]
             sampling = threading.Event()
 
             def sample() -> None:
@@ -184,16 +179,14 @@ def main() -> None:
             sampler.start()
             with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=600) as client:
                 parent = "tenants/bench/collections/photos"
-                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items() if name != "worker"}
-                cpu_before["worker"] = sum(cpu_seconds(pid) for pid in workers)
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 started = time.perf_counter()
                 op = client.upload_files(parent, [(p, p.stem) for p in paths], timeout=600)
                 submitted = time.perf_counter() - started
                 final = client.wait_operation(op.name, timeout=3600)
                 elapsed = time.perf_counter() - started
                 meta = operation_metadata(final)
-                cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items() if name != "worker"}
-                cpu_after["worker"] = sum(cpu_seconds(pid) for pid in workers)
+                cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 sampling.set()
                 sampler.join()
                 rate = meta.succeeded / elapsed
@@ -205,7 +198,7 @@ def main() -> None:
                       f"ingest / model = {rate / raw:.3f}")  # fmt: skip
                 means = stage_means(f"http://127.0.0.1:{args.port_base + 91}/metrics")
                 total = sum(means.values())
-                print("time per image by stage (one worker process's view, mean):")
+                print("time per image by stage (all worker processes, mean):")
                 for stage, seconds in sorted(means.items(), key=lambda kv: -kv[1]):
                     print(f"  {stage:<17} {seconds * 1000:7.1f} ms  {100 * seconds / total:4.1f} %")
                 per_image = {k: (cpu_after[k] - cpu_before[k]) * 1000 / max(1, meta.succeeded) for k in cpu_after}
@@ -228,9 +221,6 @@ def main() -> None:
                     print(f"search {what} at {meta.succeeded} images: p50 {statistics.median(values):.1f} ms, "
                           f"p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
         finally:
-            for proc in extra:
-                proc.terminate()
-                proc.wait(timeout=30)
             stack.destroy()
 
 

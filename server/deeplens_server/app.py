@@ -100,7 +100,7 @@ async def _refresh_gauges(backend: Backend, every: float = 5.0) -> None:
     """Keeps the gauges read from the stores current (the queue's depth)."""
     while True:
         try:
-            metrics.QUEUE_DEPTH.set(await backend.queue.depth())
+            metrics.queue_depth().set(await backend.queue.depth())
         except Exception:  # a store hiccup must not end the loop; the gauge keeps its last value
             _log.debug("could not refresh gauges", exc_info=True)
         await asyncio.sleep(every)

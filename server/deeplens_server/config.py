@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # A job's time limit. arq reclaims the job of a worker that died only after the longest limit + 10 s,
     # so keep it short: one image, or one purge, fits well inside it.
     job_timeout_seconds: int = 60
+    # Worker processes one `deeplens-worker` runs: one keeps about one core busy. 0: one per available core
+    # (CPU affinity, capped by a container's CPU quota).
+    worker_processes: int = 0
     # Jobs one worker process runs at once (they overlap I/O; the CPU work runs in threads).
     worker_max_jobs: int = 16
     event_stream_maxlen: int = 10_000

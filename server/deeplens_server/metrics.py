@@ -21,7 +21,6 @@ RPC_SECONDS = Histogram(
     "deeplens_rpc_duration_seconds", "RPC latency (server side; streams: until the stream ends)", ["method"],
     buckets=LATENCY_BUCKETS,
 )  # fmt: skip
-QUEUE_DEPTH = Gauge("deeplens_queue_depth", "Jobs waiting in the work queue")
 IMAGES = Counter("deeplens_images", "Images through the ingest pipeline, by outcome", ["outcome"])
 TRITON_SECONDS = Histogram("deeplens_triton_infer_seconds", "Triton inference calls", buckets=LATENCY_BUCKETS)
 MILVUS_SECONDS = Histogram(
@@ -33,6 +32,17 @@ MILVUS_SECONDS = Histogram(
 STAGE_SECONDS = Histogram(
     "deeplens_ingest_stage_seconds", "Ingest pipeline stages, per image", ["stage"], buckets=LATENCY_BUCKETS
 )
+
+
+_queue_depth: list[Gauge] = []
+
+
+def queue_depth() -> Gauge:
+    """Jobs waiting in the work queue: the server's gauge, made on first use (a worker that runs several
+    processes adds up every metric its processes create, and a gauge they never set would read 0)."""
+    if not _queue_depth:
+        _queue_depth.append(Gauge("deeplens_queue_depth", "Jobs waiting in the work queue"))
+    return _queue_depth[0]
 
 
 def serve_metrics(listen: str) -> bool:

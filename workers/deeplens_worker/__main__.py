@@ -1,17 +1,24 @@
-"""``deeplens-worker``: runs an arq worker with settings from the environment (``DEEPLENS_*``)."""
+"""``deeplens-worker``: runs arq worker processes (``DEEPLENS_WORKER_PROCESSES``; by default one per available
+core) with settings from the environment (``DEEPLENS_*``)."""
 
 from __future__ import annotations
+
+import sys
 
 from arq.worker import Worker
 from deeplens_server.config import Settings
 from deeplens_server.logs import configure_logging
 
 from deeplens_worker.jobs import worker_options
+from deeplens_worker.processes import Supervisor, process_count
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_format)
+    processes = process_count(settings)
+    if processes > 1:
+        sys.exit(Supervisor(settings, processes).run())
     Worker(**worker_options(settings)).run()
 
 
