@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from deeplens.client import DeepLensClient, error_info, ingest_response
-from deeplens.v1 import ingest_service_pb2, search_service_pb2
+from deeplens.v1 import ingest_service_pb2, resources_pb2, search_service_pb2
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.fetch import check_url
 from deeplens_server.storage import StoragePolicy
@@ -102,6 +102,44 @@ def test_ingest_by_url(web: str, admin: DeepLensClient, connect: ClientFactory) 
         "/huge.jpg": "IMAGE_TOO_LARGE",
         "/missing.jpg": "URL_NOT_FETCHABLE",
     }
+
+
+@pytest.mark.stack
+def test_queries_are_held_to_the_tenants_own_image_limits(
+    web: str, admin: DeepLensClient, connect: ClientFactory
+) -> None:
+    """A search or duplicate query, by URL or by bytes, is refused over the tenant's byte limit, not only the
+    server's: the limit the tenant's images are held to."""
+    limits = resources_pb2.TenantLimits(max_image_bytes=len(PHOTO) - 1)
+    tenant, client = new_tenant(admin, connect, limits=limits)
+    parent = f"tenants/{tenant}"
+    calls = {
+        "search by URL": lambda: client.search.SearchImages(
+            search_service_pb2.SearchImagesRequest(parent=parent, image_uri=f"{web}/photo.jpg"),
+            metadata=client.metadata,
+        ),
+        "search by bytes": lambda: client.search_images(parent, image_content=PHOTO),
+        "duplicates by bytes": lambda: client.search.FindDuplicates(
+            search_service_pb2.FindDuplicatesRequest(parent=parent, image_content=PHOTO), metadata=client.metadata
+        ),
+    }
+    for what, call in calls.items():
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        info = error_info(refused.value)  # type: ignore[arg-type]
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what  # type: ignore[attr-defined]
+        assert info is not None, what
+        assert info.reason == "IMAGE_TOO_LARGE", what
+        assert info.metadata["max_bytes"] == str(len(PHOTO) - 1), what
+
+    other, theirs = new_tenant(admin, connect)  # no limit of its own: the same query is answered
+    assert (
+        theirs.search.SearchImages(
+            search_service_pb2.SearchImagesRequest(parent=f"tenants/{other}", image_uri=f"{web}/photo.jpg"),
+            metadata=theirs.metadata,
+        ).results
+        == []
+    )
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,8 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class IngestSettings:
-    """What indexing one image of a tenant needs to know of it."""
+class TenantSettings:
+    """What indexing one image of a tenant, or answering a query of it, needs to know of it."""
 
     models: model_pointer.TenantModels
     policy: DuplicatePolicy
@@ -125,12 +125,13 @@ class Backend:
         """The model versions serving the tenant (its searches use ``active``)."""
         return await model_pointer.tenant_models(self.repo.pool, tenant_id, self.embedder.model_id)
 
-    async def ingest_settings(self, tenant_id: str) -> IngestSettings:
-        """The tenant's models, duplicate thresholds and image limits, read together (once per ingested image)."""
+    async def tenant_settings(self, tenant_id: str) -> TenantSettings:
+        """The tenant's models, duplicate thresholds and image limits (its own under the server's), read together:
+        once per ingested image, search and duplicate query."""
         models, overrides, (max_bytes, max_pixels) = await model_pointer.tenant_settings(
             self.repo.pool, tenant_id, self.embedder.model_id
         )
-        return IngestSettings(models, DEFAULT_POLICY.override(overrides), self.limits.tightened(max_bytes, max_pixels))
+        return TenantSettings(models, DEFAULT_POLICY.override(overrides), self.limits.tightened(max_bytes, max_pixels))
 
     async def model_for(self, tenant_id: str) -> str:
         """The model version the tenant's searches embed with and read."""

@@ -23,13 +23,14 @@ def check_url(url: str, policy: StoragePolicy, field: str = "source_uri") -> str
     return url
 
 
-def _refused(message: str, reason: str) -> DeepLensError:
-    return ImageRejected(message, field="source_uri", reason=reason)
+def _refused(message: str, reason: str, **metadata: str) -> DeepLensError:
+    return ImageRejected(message, field="source_uri", reason=reason, metadata=metadata)
 
 
 async def fetch_image(url: str, policy: StoragePolicy, max_bytes: int) -> bytes:
     """The body at ``url``; raises ``ImageRejected`` for permanent refusals, ``Unavailable`` for transient ones."""
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS, connect=5.0)
+    too_large = f"the image is over {max_bytes} bytes"
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for _ in range(MAX_REDIRECTS + 1):
@@ -49,12 +50,12 @@ async def fetch_image(url: str, policy: StoragePolicy, max_bytes: int) -> bytes:
                     if not kind.startswith("image/"):
                         raise _refused(f"the URL serves {kind or 'no content type'}, not an image", "URL_NOT_AN_IMAGE")
                     if (response.content_length or 0) > max_bytes:
-                        raise _refused(f"the image is over {max_bytes} bytes", "IMAGE_TOO_LARGE")
+                        raise _refused(too_large, "IMAGE_TOO_LARGE", max_bytes=str(max_bytes))
                     body = bytearray()
                     async for chunk in response.content.iter_chunked(1 << 16):
                         body += chunk
                         if len(body) > max_bytes:
-                            raise _refused(f"the image is over {max_bytes} bytes", "IMAGE_TOO_LARGE")
+                            raise _refused(too_large, "IMAGE_TOO_LARGE", max_bytes=str(max_bytes))
                     return bytes(body)
             raise _refused(f"more than {MAX_REDIRECTS} redirects", "TOO_MANY_REDIRECTS")
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from deeplens_server.db import ScopedPool, scoped
-from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy, Fingerprint
+from deeplens_server.duplicates import Fingerprint
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.filters import ImageFilter, sql_conditions
 from deeplens_server.imaging import phash_bands
@@ -169,11 +169,6 @@ class Repository:
         """See ``hash_neighbours`` (the function); in its own transaction."""
         async with scoped(self._pool, tenant_id) as conn:
             return await hash_neighbours(conn, tenant_id, query, collection_id=collection_id, limit=limit)
-
-    async def duplicate_policy(self, tenant_id: str) -> DuplicatePolicy:
-        """The tenant's duplicate thresholds: the server defaults with its overrides applied."""
-        overrides = await self._db.fetchval(tenant_id, "SELECT duplicate_policy FROM tenants WHERE id = $1", tenant_id)
-        return DEFAULT_POLICY.override(overrides or {})
 
     async def list_images(
         self,

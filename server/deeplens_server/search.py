@@ -14,7 +14,7 @@ from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.fetch import fetch_image
 from deeplens_server.filters import ImageFilter, milvus_expr, within
-from deeplens_server.imaging import DecodedImage, colour_signature, decode_image, model_input
+from deeplens_server.imaging import DecodedImage, ImageLimits, colour_signature, decode_image, model_input
 from deeplens_server.names import CollectionName, ImageName, TenantName
 from deeplens_server.repository import ImageRecord
 
@@ -65,8 +65,9 @@ def check_ranking(ranking: int, colour_weight: float) -> tuple[int, float]:
     return ranking or VISUAL, colour_weight or DEFAULT_COLOUR_WEIGHT
 
 
-async def decode_query(backend: Backend, content: bytes) -> DecodedImage:
-    return await asyncio.to_thread(decode_image, content, backend.limits)
+async def decode_query(content: bytes, limits: ImageLimits) -> DecodedImage:
+    """A query image, held to the tenant's image limits."""
+    return await asyncio.to_thread(decode_image, content, limits)
 
 
 async def embed_decoded(
@@ -78,18 +79,21 @@ async def embed_decoded(
     return np.asarray(embeddings[0], dtype=np.float32)
 
 
-async def query_content(backend: Backend, query: SearchQuery) -> bytes | None:
+async def query_content(backend: Backend, query: SearchQuery, limits: ImageLimits) -> bytes | None:
     if query.url is not None:
-        return await fetch_image(query.url, backend.storage_policy, backend.settings.max_image_bytes)
+        return await fetch_image(query.url, backend.storage_policy, limits.max_bytes)
     return query.content
 
 
-async def search_similar(backend: Backend, query: SearchQuery, *, model: str, timeout: float | None) -> list[SearchHit]:
-    """The query's nearest images under ``model`` (the tenant's), the query embedded with the same model."""
+async def search_similar(
+    backend: Backend, query: SearchQuery, *, model: str, limits: ImageLimits, timeout: float | None
+) -> list[SearchHit]:
+    """The query's nearest images under ``model`` (the tenant's), the query embedded with the same model and
+    held to ``limits`` (the tenant's)."""
     tenant = query.scope.tenant
     exclude: tuple[str, str] | None = None
     colour: NDArray[np.float32] | None = None
-    content = await query_content(backend, query)
+    content = await query_content(backend, query, limits)
     if query.image is not None:
         exclude = (query.image.collection, query.image.image)
         embedding = await backend.vectors.get_embedding(tenant, *exclude, model=model)
@@ -97,7 +101,7 @@ async def search_similar(backend: Backend, query: SearchQuery, *, model: str, ti
             colours = await backend.vectors.get_vectors(tenant, [exclude], model=model, signal="colour")
             colour = colours.get(exclude)
     elif content is not None:
-        decoded = await decode_query(backend, content)
+        decoded = await decode_query(content, limits)
         embedding = await embed_decoded(backend, decoded, model=model, timeout=timeout)
         colour = await asyncio.to_thread(colour_signature, decoded.working)
     else:

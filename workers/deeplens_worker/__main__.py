@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from arq.worker import Worker
 from deeplens_server.config import Settings
 from deeplens_server.logs import configure_logging
 
-from deeplens_worker.jobs import worker_options
 from deeplens_worker.processes import Supervisor, process_count
 
 
@@ -19,6 +17,11 @@ def main() -> None:
     processes = process_count(settings)
     if processes > 1:
         sys.exit(Supervisor(settings, processes).run())
+    # Imported here: a supervising parent never loads the pipeline (numpy, OpenCV, the stores' clients).
+    from arq.worker import Worker
+
+    from deeplens_worker.jobs import worker_options
+
     Worker(**worker_options(settings)).run()
 
 

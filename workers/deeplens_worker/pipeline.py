@@ -175,7 +175,7 @@ async def ingest_item(backend: Backend, tenant_id: str, operation_id: str, item:
     # The tenant's limits apply to what a scan or a URL brings as to uploads. The image is embedded with the
     # tenant's model and with the one a running re-index is filling (see model_pointer: a change of models
     # while this image is analysed is caught when it is stored).
-    settings = await backend.ingest_settings(tenant_id)
+    settings = await backend.tenant_settings(tenant_id)
     models, policy = settings.models, settings.policy
     try:
         with _stage("read"):

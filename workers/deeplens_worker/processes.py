@@ -3,9 +3,9 @@ loop runs every job's client work), so a host's cores are used by running one pe
 
 The parent starts the processes, restarts one that dies (arq hands its jobs to the others once their time limit
 has passed), passes SIGTERM/SIGINT on (each process stops as a lone worker would), and serves the processes'
-metrics added together on ``DEEPLENS_WORKER_METRICS_LISTEN`` (prometheus_client's multiprocess mode).
-PostgreSQL connections stay within ``DEEPLENS_POSTGRES_POOL_MAX`` for the whole command (at least two per
-process).
+metrics added together on ``DEEPLENS_WORKER_METRICS_LISTEN`` (prometheus_client's multiprocess mode). Each
+process has its own PostgreSQL pool of up to ``DEEPLENS_POSTGRES_POOL_MAX`` connections, as a worker pod does
+(sharing one pool's connections among the processes tripled the commit stage's time).
 """
 
 from __future__ import annotations
@@ -50,13 +50,11 @@ def process_count(settings: Settings) -> int:
     return settings.worker_processes if settings.worker_processes > 0 else available_cpus()
 
 
-def child_env(settings: Settings, processes: int, metrics_dir: str) -> dict[str, str]:
-    """The environment of one of ``processes`` worker processes: one process each, its share of the pool, and
-    metrics written for the parent to serve."""
+def child_env(metrics_dir: str) -> dict[str, str]:
+    """The environment of one worker process: a lone process, its metrics written for the parent to serve."""
     return {
         **os.environ,
         "DEEPLENS_WORKER_PROCESSES": "1",
-        "DEEPLENS_POSTGRES_POOL_MAX": str(max(2, settings.postgres_pool_max // processes)),
         "DEEPLENS_WORKER_METRICS_LISTEN": "",
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
@@ -101,7 +99,7 @@ class Supervisor:
         self.stopping = False
 
     def _spawn(self, slot: int) -> None:
-        env = child_env(self.settings, self.processes, self.metrics_dir)
+        env = child_env(self.metrics_dir)
         self.children[slot] = subprocess.Popen(
             [sys.executable, "-m", "deeplens_worker"], env=env, preexec_fn=_die_with_parent if _PRCTL else None
         )

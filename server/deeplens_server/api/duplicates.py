@@ -93,9 +93,10 @@ class DuplicateRpcs:
             raise InvalidArgument(
                 f"max_candidates must be in [1, {MAX_CANDIDATES}]", field="max_candidates", reason="INVALID_CANDIDATES"
             )
-        policy = (await backend.repo.duplicate_policy(tenant)).override(policy_overrides(request.policy))
+        settings = await backend.tenant_settings(tenant)
+        policy = settings.policy.override(policy_overrides(request.policy))
         which = request.WhichOneof("query")
-        model = await backend.model_for(tenant)
+        model = settings.models.active
         exclude: tuple[str, str] | None = None
         query_keypoints: QueryKeypoints | None = None
         if which == "image_name":
@@ -107,7 +108,7 @@ class DuplicateRpcs:
             embedding = await backend.vectors.get_embedding(tenant, *exclude, model=model)
             query_keypoints = await stored_keypoints(backend, tenant, record.sha256)
         elif which == "image_content":
-            decoded = await decode_query(backend, request.image_content)
+            decoded = await decode_query(request.image_content, settings.limits)
             hashes = perceptual_hashes(decoded.working)
             fingerprint = Fingerprint(decoded.sha256, hashes.phash, hashes.dhash, hashes.detail, hashes.variants)
             embedding = await embed_decoded(backend, decoded, model=model, timeout=context.time_remaining())

@@ -58,8 +58,14 @@ class SearchServicer(ImageRpcs, DuplicateRpcs, search_service_pb2_grpc.SearchSer
             query = SearchQuery(scope, top_k, min_score, url=request.image_uri, **common)
         else:
             raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
-        model = await self._backend.model_for(query.scope.tenant)
-        hits = await search_similar(self._backend, query, model=model, timeout=context.time_remaining())
+        settings = await self._backend.tenant_settings(query.scope.tenant)
+        hits = await search_similar(
+            self._backend,
+            query,
+            model=settings.models.active,
+            limits=settings.limits,
+            timeout=context.time_remaining(),
+        )
         more = len(hits) == top_k and offset + top_k < MAX_RESULTS
         elapsed = duration_pb2.Duration()
         elapsed.FromNanoseconds(int((time.perf_counter() - started) * 1e9))
@@ -73,7 +79,7 @@ class SearchServicer(ImageRpcs, DuplicateRpcs, search_service_pb2_grpc.SearchSer
                 )
                 for h in hits
             ],
-            model=model,
+            model=settings.models.active,
             next_page_token=paging.encode(str(offset + top_k)) if more else "",
             processing_time=elapsed,
         )
