@@ -108,3 +108,26 @@ def test_worker_processes_are_supervised_and_their_metrics_added(
     assert worker.returncode == 0, output
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+@pytest.mark.stack
+def test_a_worker_command_whose_processes_keep_dying_exits_1(stack: Stack) -> None:
+    """A configuration error kills each process as it starts (here a malformed master key, which only the
+    processes read): the command gives up and says so, rather than restarting them for ever."""
+    env = {
+        **stack.child_env(),
+        "DEEPLENS_WORKER_PROCESSES": "2",
+        "DEEPLENS_WORKER_METRICS_LISTEN": "",
+        "DEEPLENS_QUEUE_NAME": f"deeplens:test-{uuid.uuid4().hex[:8]}",
+        "DEEPLENS_MASTER_KEYS": "k1:short",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "deeplens_worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = worker.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        output, _ = worker.communicate()
+    assert worker.returncode == 1, output
+    assert "5 times in a row" in output

@@ -27,9 +27,11 @@ from deeplens_server.config import Settings
 
 _log = logging.getLogger(__name__)
 
-# A process that dies sooner than this after its start is restarted only after a pause that doubles each time.
+# A process that dies sooner than this after its start is restarted only after a pause that doubles each time
+# (0.5, 1, 2, 4 s); at the fifth such death in a row the command gives up and exits 1 (a broken configuration
+# or an unreachable store, which a process supervisor or the operator must see).
 STEADY_SECONDS = 30.0
-MAX_RESTART_DELAY_SECONDS = 30.0
+MAX_QUICK_EXITS = 5
 STOP_GRACE_SECONDS = 80.0
 
 
@@ -94,9 +96,10 @@ class Supervisor:
         self.metrics_dir = tempfile.mkdtemp(prefix="deeplens-worker-metrics-")
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
-        self.delay: dict[int, float] = {}  # restart back-off of a process that keeps dying young
+        self.quick_exits: dict[int, int] = {}  # deaths in a row, each sooner than STEADY_SECONDS after start
         self.restart_at: dict[int, float] = {}
         self.stopping = False
+        self.failed = False
 
     def _spawn(self, slot: int) -> None:
         env = child_env(self.metrics_dir)
@@ -112,7 +115,8 @@ class Supervisor:
                 child.send_signal(signum)
 
     def run(self) -> int:
-        """Starts the processes and keeps them running; returns once all have stopped after SIGTERM/SIGINT."""
+        """Starts the processes and keeps them running. Returns 0 once all have stopped after SIGTERM/SIGINT, 1
+        when one kept dying young."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         _serve_metrics(self.settings.worker_metrics_listen, self.metrics_dir)
@@ -123,6 +127,8 @@ class Supervisor:
             while not self.stopping:
                 time.sleep(0.5)
                 self._restart_exited()
+            if self.failed:
+                self._stop(signal.SIGTERM, None)
             deadline = time.monotonic() + STOP_GRACE_SECONDS
             for child in self.children.values():
                 try:
@@ -130,7 +136,7 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-            return 0
+            return 1 if self.failed else 0
         finally:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
@@ -142,11 +148,16 @@ class Supervisor:
             if slot not in self.restart_at:  # just found exited
                 _mark_dead(self.metrics_dir, child.pid)
                 ran = now - self.started[slot]
-                quick = ran < STEADY_SECONDS
-                self.delay[slot] = min(MAX_RESTART_DELAY_SECONDS, 2 * self.delay.get(slot, 0.5)) if quick else 0.0
-                self.restart_at[slot] = now + self.delay[slot]
+                quick = self.quick_exits[slot] = self.quick_exits.get(slot, 0) + 1 if ran < STEADY_SECONDS else 0
+                if quick >= MAX_QUICK_EXITS:
+                    _log.error("worker process %d exited (%s) %d times in a row within %.0f s of starting; stopping",
+                               child.pid, child.returncode, quick, STEADY_SECONDS)  # fmt: skip
+                    self.stopping = self.failed = True
+                    return
+                delay = 0.5 * 2.0 ** (quick - 1) if quick else 0.0
+                self.restart_at[slot] = now + delay
                 _log.warning("worker process %d exited (%s) after %.0f s; restarting it in %.1f s",
-                             child.pid, child.returncode, ran, self.delay[slot])  # fmt: skip
+                             child.pid, child.returncode, ran, delay)  # fmt: skip
             if now >= self.restart_at[slot]:
                 del self.restart_at[slot]
                 self._spawn(slot)
