@@ -178,6 +178,14 @@ def test_api_keys_are_listed_without_secrets_and_revocation_is_immediate(
     )
     assert key.name in [k.name for k in listed.api_keys]
     assert secret not in str(listed)
+    used = next(k for k in listed.api_keys if k.name == key.name)
+    assert used.HasField("last_use_time")  # the reader's call was recorded
+    for _ in range(3):  # recorded at most once a minute: more calls keep the first time
+        reader.get_tenant(f"tenants/{tenant}")
+    again = owner.admin.ListApiKeys(
+        admin_service_pb2.ListApiKeysRequest(parent=f"tenants/{tenant}"), metadata=owner.metadata
+    )
+    assert next(k for k in again.api_keys if k.name == key.name).last_use_time == used.last_use_time
     owner.admin.RevokeApiKey(admin_service_pb2.RevokeApiKeyRequest(name=key.name), metadata=owner.metadata)
     _expect(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED", lambda: reader.get_tenant(f"tenants/{tenant}"))
 

@@ -291,7 +291,7 @@ class AdminRepository:
         return KeyForAuth(_key(row), bytes(row["secret_sha256"]), row["tenant_deleted"], row["requests_per_second"])
 
     async def touch_api_key(self, key_id: str) -> None:
-        """Records use, at most once a minute per key."""
+        """Records use, at most once a minute per key (the statement checks again: callers race)."""
         await self._db.execute(
             None,
             "UPDATE api_keys SET last_use_time = now() WHERE id = $1 "
