@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from compose_spec import PyCompose
+from deeplens_stack import milvus_server
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -101,6 +102,11 @@ def test_kubernetes_manifests_validate_strictly() -> None:
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
     values = yaml.safe_load((K8S / "milvus-values.yaml").read_text())
     assert values["cluster"]["enabled"] is True
+    # The cluster runs with the settings the embedded server was measured with.
+    tuned = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
+    assert tuned["proxy"]["timeTickInterval"] == milvus_server.TUNING["timeTickInterval"]
+    assert tuned["dataCoord"]["segment"]["sealProportion"] == milvus_server.TUNING["sealProportion"]
+    assert tuned["common"]["gracefulTime"] == milvus_server.TUNING["gracefulTime"]
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])
