@@ -41,8 +41,9 @@ import numpy as np
 from deeplens.client import DeepLensClient, operation_metadata
 from deeplens.v1 import resources_pb2
 from deeplens_server.imaging import phash_bands
-from deeplens_server.vectors import VectorIndex, VectorRecord
+from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord
 from deeplens_stack import Stack, StackConfig
+from pymilvus import AsyncMilvusClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
@@ -143,6 +144,24 @@ def concurrent(calls: Callable[[int], Callable[[], object]], threads: int, secon
     return len(flat) / (time.perf_counter() - began), flat
 
 
+async def settle(stack: Stack) -> float:
+    """A Milvus server: waits until every collection's rows are indexed and no rebuild is pending (seconds)."""
+    client = AsyncMilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], grpc_options=GRPC_OPTIONS)
+    began = time.perf_counter()
+    try:
+        for name in await client.list_collections():
+            field = "colour" if name.startswith("colours") else "embedding"
+            while True:
+                state = await client.describe_index(name, field)
+                built = int(state.get("indexed_rows", 0)) >= int(state.get("total_rows", 0))
+                if built and not int(state.get("pending_index_rows", 0)):
+                    break
+                await asyncio.sleep(5)
+    finally:
+        await client.close()
+    return time.perf_counter() - began
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -193,6 +212,9 @@ def main() -> None:
                         print(f"\n{size - indexed:,} images seeded in {took:.0f} s "
                               f"({(size - indexed) / took:,.0f} images/s)")  # fmt: skip
                         indexed = size
+                        if stack.config.milvus_engine == "standalone":
+                            waited = asyncio.run(settle(stack))
+                            print(f"no index work pending {waited:.0f} s later (measured settled)")
                     names = [f"{PARENT}/images/{p.stem}" for p in paths]
                     names += [f"{PARENT}/images/seed{i:07d}" for i in range(indexed - meta.succeeded)]
                     picks = [int(i) for i in rng.integers(0, 1 << 30, args.queries)]
