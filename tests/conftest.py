@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from deeplens.v1 import resources_pb2
 from deeplens_stack import Stack, StackConfig
 from deeplens_stack.photos import sample_photos
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 TEST_PORT_BASE = int(os.environ.get("DEEPLENS_TEST_PORT_BASE", "47000"))
 # Suites that also run on a real Milvus server (DEEPLENS_STACK_MILVUS=standalone; `python3 dev.py test` does
@@ -161,6 +163,17 @@ def stop_process(proc: subprocess.Popen[str]) -> str:
         proc.kill()
         output, _ = proc.communicate()
     return output or ""
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus endpoint on loopback: (sample name, sorted labels) to value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 from deeplens.client import DeepLensClient
 from deeplens_stack import Stack
 from deeplens_worker.processes import available_cpus
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import new_tenant, start_extra_server, stop_process, wait_until
+from tests.conftest import new_tenant, scrape_metrics, start_extra_server, stop_process, wait_until
 
 
 def test_available_cpus_is_capped_by_a_container_quota(tmp_path: Path) -> None:
@@ -33,14 +31,7 @@ def test_available_cpus_is_capped_by_a_container_quota(tmp_path: Path) -> None:
 
 
 def _indexed(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "deeplens_images_total" and s.labels.get("outcome") == "indexed"
-    )
+    return scrape_metrics(port).get(("deeplens_images_total", (("outcome", "indexed"),)), 0.0)
 
 
 def _ingest(client: DeepLensClient, tenant: str, photos: dict[str, bytes], names: list[str]) -> None:
