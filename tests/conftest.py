@@ -26,7 +26,9 @@ from deeplens_stack.photos import sample_photos
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-TEST_PORT_BASE = int(os.environ.get("DEEPLENS_TEST_PORT_BASE", "47000"))
+# Below Linux's ephemeral range (32768-60999): an outgoing connection can never hold a port a test server is
+# about to bind.
+TEST_PORT_BASE = int(os.environ.get("DEEPLENS_TEST_PORT_BASE", "24000"))
 # Suites that also run on a real Milvus server (DEEPLENS_STACK_MILVUS=standalone; `python3 dev.py test` does
 # both): ingest, search, duplicates, delete, tenants, models, figures.
 MILVUS_SERVER_SUITES = {

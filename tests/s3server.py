@@ -43,7 +43,11 @@ class S3Server:
 
 
 def start(root: Path, base_port: int) -> S3Server:
-    """Starts master, volume, filer and S3 gateway; ``base_port + 10000`` must stay below 65536 (gRPC ports)."""
+    """Starts master, volume, filer and S3 gateway on ``base_port`` .. ``base_port + 7``.
+
+    Each component's gRPC port is pinned too: SeaweedFS's default, its HTTP port + 10000, may fall in the
+    ephemeral range, where a client connection can hold it first.
+    """
     data = root / "data"
     data.mkdir(parents=True)
     config = root / "s3.json"
@@ -55,6 +59,8 @@ def start(root: Path, base_port: int) -> S3Server:
         weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={base_port}", f"-volume.port={base_port + 1}", "-filer", f"-filer.port={base_port + 2}",
         "-s3", f"-s3.port={base_port + 3}", f"-s3.config={config}", "-volume.max=8",
+        f"-master.port.grpc={base_port + 4}", f"-volume.port.grpc={base_port + 5}",
+        f"-filer.port.grpc={base_port + 6}", f"-s3.port.grpc={base_port + 7}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra catalogs on fixed ports: not wanted
     ]  # fmt: skip
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - open for the server's whole life; closed by stop()
