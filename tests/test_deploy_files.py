@@ -26,6 +26,12 @@ sys.path.insert(0, str(ROOT / "triton_models"))
 import catalog  # noqa: E402
 
 
+def _at(tree: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        tree = tree[key]
+    return tree
+
+
 def _compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((COMPOSE / "compose.yaml").read_text())  # resolves the << merges
     return loaded
@@ -104,9 +110,20 @@ def test_kubernetes_manifests_validate_strictly() -> None:
     assert values["cluster"]["enabled"] is True
     # The cluster runs with the settings the embedded server was measured with.
     tuned = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
-    assert tuned["proxy"]["timeTickInterval"] == milvus_server.TUNING["timeTickInterval"]
-    assert tuned["dataCoord"]["segment"]["sealProportion"] == milvus_server.TUNING["sealProportion"]
-    assert tuned["common"]["gracefulTime"] == milvus_server.TUNING["gracefulTime"]
+    for path, value in milvus_server.TUNING.items():
+        if path != "common.gracefulStopTimeout":  # the chart sets its own stop timeout per component
+            assert _at(tuned, path) == value, path
+
+
+def test_the_embedded_milvus_server_is_configured_as_tuned(tmp_path: Path) -> None:
+    config = milvus_server.write_config(tmp_path, proxy_port=19530, port_base=20000)
+    written = yaml.safe_load((config / "milvus.yaml").read_text())
+    for path, value in milvus_server.TUNING.items():
+        assert _at(written, path) == value, path
+    assert _at(written, "dataCoord.segment.diskSegmentMaxSize") == 2048  # a neighbour left as it was
+    assert _at(written, "log.file.maxSize") == 300  # the other `maxSize` keys too
+    with pytest.raises(milvus_server.MilvusServerMissing):
+        milvus_server.set_value("a:\n  b: 1\n", "a.c", 2)
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])

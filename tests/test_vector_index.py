@@ -1,5 +1,6 @@
 """VectorIndex against the stack's vector store: concurrent upserts are coalesced into few calls and none is
-lost, and a tenant reads its own rows only."""
+lost, a tenant reads its own rows only, and every finished write is seen by the next read even where reads of
+tenants not being written skip Milvus's time tick."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import uuid
 from typing import Any
 
 import numpy as np
+from deeplens_server.freshness import PREFIX, WriteMarks
 from deeplens_server.vectors import VectorIndex, VectorRecord
 from deeplens_stack.stack import Stack
+from redis.asyncio import Redis
 
 MODEL = "efficientnet_lite0@1"
 DIM = 1280
@@ -83,3 +86,43 @@ async def test_concurrent_upserts_are_coalesced_and_all_stored(stack: Stack) -> 
         await index.delete(tenant)
         await index.delete(other)
         await index.close()
+
+
+async def test_every_finished_write_is_read_and_idle_tenants_read_bounded(stack: Stack) -> None:
+    redis = Redis.from_url(stack.config.endpoints["DEEPLENS_REDIS_URL"])
+    index = VectorIndex(stack.config.endpoints["DEEPLENS_MILVUS_URI"], token="", search_consistency="Tenant")
+    index.marks = WriteMarks(redis, window_ms=1500)
+    await index.open()
+    await index.ensure(MODEL, DIM)
+    on_server = index.counts_tenants  # a Milvus server; Milvus Lite applies each write before it answers
+    written, idle = f"vi-{uuid.uuid4().hex[:8]}", f"vi-{uuid.uuid4().hex[:8]}"
+    try:
+        await index.upsert(idle, MODEL, [_record("old", 7)])
+        for i in range(15):  # each write, then at once a search and a lookup from that tenant
+            record = _record(f"fresh{i}", 100 + i)
+            await index.upsert(written, MODEL, [record])
+            hits = await index.search(written, record.embedding, model=MODEL, limit=1)
+            assert [h.image_id for h in hits] == [f"fresh{i}"]
+            assert await index.get_vectors(written, [("photos", f"fresh{i}")], model=MODEL)
+        assert await redis.exists(PREFIX + written) == on_server
+        assert await index._read_level(written) == ("Strong" if on_server else "Bounded")
+        assert await index._read_level(f"vi-{uuid.uuid4().hex[:8]}") == "Bounded"  # a tenant nobody wrote
+        await asyncio.sleep(1.6)  # both marks have expired
+        assert await index._read_level(idle) == "Bounded"
+        assert await index._read_level(written) == "Bounded"
+        # Bounded reads see every write older than the server's gracefulTime: all of them, by now.
+        hits = await index.search(written, _record("fresh0", 100).embedding, model=MODEL, limit=20)
+        assert {h.image_id for h in hits} == {f"fresh{i}" for i in range(15)}
+        assert [h.image_id for h in await index.search(idle, _record("old", 7).embedding, model=MODEL, limit=5)] == [
+            "old"
+        ]
+
+        await index.delete_images(written, [("photos", "fresh3")])  # deletes mark the tenant too
+        assert await redis.exists(PREFIX + written) == on_server
+        hits = await index.search(written, _record("fresh3", 103).embedding, model=MODEL, limit=20)
+        assert "fresh3" not in {h.image_id for h in hits}
+    finally:
+        await index.delete(written)
+        await index.delete(idle)
+        await index.close()
+        await redis.aclose()

@@ -16,6 +16,7 @@ from deeplens_server.duplicates import DEFAULT_POLICY, DuplicatePolicy
 from deeplens_server.embedder import Embedder
 from deeplens_server.errors import Unavailable
 from deeplens_server.events import EventLog
+from deeplens_server.freshness import WriteMarks
 from deeplens_server.imaging import ImageLimits
 from deeplens_server.operation_store import OperationStore
 from deeplens_server.queue import JobQueue
@@ -104,6 +105,7 @@ class Backend:
             await vectors.close()
             await repo.close()
             raise
+        vectors.marks = WriteMarks(queue.redis, window_ms=settings.milvus_write_window_ms)
         events = EventLog(queue.redis, maxlen=settings.event_stream_maxlen)
         _log.info("backend ready: default model %s", embedder.model_id)
         return cls(

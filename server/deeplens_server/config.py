@@ -6,8 +6,9 @@ Every dependency is a URL or URI, so the same code runs on the embedded stack an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,9 +20,13 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:50379/0"
     milvus_uri: str = "http://127.0.0.1:50530"
     milvus_token: str = ""
-    # "Strong" (an image is searchable from every process once indexed) or "Bounded" (faster on a Milvus
-    # server; writes younger than its gracefulTime may be missed).
-    milvus_search_consistency: str = "Strong"
+    # How searches see writes on a Milvus server (Milvus Lite sees every write at once). "Tenant": an image is
+    # searchable from every process once indexed, and reads wait for Milvus's next time tick only while their
+    # tenant's vectors were written in the last `milvus_write_window_ms`. "Strong": every read waits.
+    # "Bounded": no read waits, and writes younger than the server's gracefulTime may be missed.
+    milvus_search_consistency: Literal["Tenant", "Strong", "Bounded"] = "Tenant"
+    # Must exceed the Milvus server's common.gracefulTime (5,000 ms by default, 100 ms on the embedded server).
+    milvus_write_window_ms: int = Field(default=10_000, ge=1)
     # HNSW ef for searches (raised to top_k when smaller): higher finds more of the true neighbours, slower.
     milvus_search_ef: int = 256
     triton_url: str = "127.0.0.1:50801"
