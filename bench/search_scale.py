@@ -43,7 +43,8 @@ from deeplens.v1 import resources_pb2
 from deeplens_server.imaging import phash_bands
 from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord
 from deeplens_stack import Stack, StackConfig
-from pymilvus import AsyncMilvusClient
+from pymilvus import AsyncMilvusClient, connections, utility
+from pymilvus.client.types import SegmentState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
@@ -157,9 +158,27 @@ async def settle(stack: Stack) -> float:
                 if built and not int(state.get("pending_index_rows", 0)):
                     break
                 await asyncio.sleep(5)
+        await asyncio.to_thread(_loaded, stack)
     finally:
         await client.close()
     return time.perf_counter() - began
+
+
+def _loaded(stack: Stack, timeout: float = 900) -> None:
+    """Waits until the query node serves every segment sealed and with its index (capped at ``timeout``)."""
+    connections.connect(alias="settle", uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"])
+    deadline = time.monotonic() + timeout
+    try:
+        for name in utility.list_collections(using="settle"):
+            while True:
+                segments = utility.get_query_segment_info(name, using="settle")
+                waiting = [s for s in segments if s.state != SegmentState.Sealed or not s.index_name]
+                if not waiting or time.monotonic() > deadline:
+                    print(f"{name}: {len(segments)} segments served, {len(waiting)} not yet sealed and indexed")
+                    break
+                time.sleep(5)
+    finally:
+        connections.disconnect("settle")
 
 
 def main() -> None:
