@@ -4,13 +4,15 @@ tenant partition key), same queries.
 
     .venv/bin/python bench/vector_scale.py --engine standalone --vectors 100000
     .venv/bin/python bench/vector_scale.py --engine lite --vectors 20000
+    .venv/bin/python bench/vector_scale.py --engine standalone --vectors 400000 --tenants 1 --settle --segment-mb 512
 
 Prints: load rate through ``VectorIndex.upsert`` (``--batch`` rows of one tenant a call), time until the index
 covers every row (``indexed_rows``; the server may go on merging small segments and indexing them again, which
 ``--settle`` waits out; ``--index-after-load`` builds the index once the load is flushed; ``--attach URI``
 measures a server an earlier run loaded, whose dataset it generates again from the same seed), search latency
-p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages asks), the throughput of
-8 concurrent searchers, recall@10 against exact search within the tenant, and the engine's RSS.
+p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages asks; a search visits every
+segment of the tenant's partition, so ``--tenants 1`` and ``--segment-mb`` show what segment size costs), the
+throughput of 8 concurrent searchers, recall@10 against exact search within the tenant, and the engine's RSS.
 Vectors: L2-normalised points around 2,000 random centres (photos cluster; uniform noise would flatter HNSW).
 """
 
@@ -28,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from pymilvus import MilvusClient
+from pymilvus import MilvusClient, connections, utility
+from pymilvus.client.types import SegmentState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "deploy" / "embedded")]
@@ -63,11 +66,14 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out]
 
 
-def start(engine: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(engine: str, home: Path, segment_mb: int = 0) -> tuple[subprocess.Popen[bytes], str]:
     port = PORT_BASE + 530
     if engine == "standalone":
         binary = milvus_server.binaries(ROOT / ".cache")
-        milvus_server.write_config(home, proxy_port=port, port_base=PORT_BASE)
+        config = milvus_server.write_config(home, proxy_port=port, port_base=PORT_BASE)
+        if segment_mb:  # another segment size than the embedded server's
+            text = (config / "milvus.yaml").read_text()
+            (config / "milvus.yaml").write_text(milvus_server.set_value(text, "dataCoord.segment.maxSize", segment_mb))
         env = milvus_server.environment(dict(os.environ), binary, home, PORT_BASE + milvus_server.METRICS_OFFSET)
         proc = subprocess.Popen([str(binary), "run", "standalone"], cwd=home, env=env,
                                 stdout=(home / "out.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
@@ -125,6 +131,23 @@ def _create_index(uri: str, name: str, ef_construction: int) -> None:
     client.close()
 
 
+def _served(uri: str, name: str, timeout: float = 600) -> None:
+    """Waits until the query node serves every segment sealed and indexed; prints their sizes."""
+    connections.connect(alias="served", uri=uri)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            segments = utility.get_query_segment_info(name, using="served")
+            waiting = [s for s in segments if s.state != SegmentState.Sealed or not s.index_name]
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+    finally:
+        connections.disconnect("served")
+    rows = sorted(s.num_rows for s in segments)
+    print(f"query node serves {len(segments)} segments ({len(waiting)} not yet sealed and indexed), rows {rows}")
+
+
 def _load(uri: str, name: str) -> None:
     client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
     client.load_collection(name, timeout=3600)
@@ -136,7 +159,7 @@ async def run(args: argparse.Namespace) -> None:
         home, proc, uri = None, None, args.attach
     else:
         home = Path(tempfile.mkdtemp(prefix=f"vector-scale-{args.engine}-"))
-        proc, uri = start(args.engine, home)
+        proc, uri = start(args.engine, home, args.segment_mb)
     try:
         index = VectorIndex(uri, token="")
         await index.open()
@@ -165,6 +188,8 @@ async def run(args: argparse.Namespace) -> None:
                 while int((await client.describe_index(name, "embedding")).get("pending_index_rows", 0)):  # noqa: ASYNC110
                     await asyncio.sleep(1)
                 print(f"no index work pending after {time.perf_counter() - started:.1f} s")
+        if args.engine == "standalone":
+            await asyncio.to_thread(_served, uri, name, 600 if args.settle else 0)
         await measure(args, index, vectors, owner)
         pid = proc.pid if proc is not None else _oldest("milvus run")
         print(f"engine RSS: {_rss_mb(pid):,.0f} MB")
@@ -251,6 +276,7 @@ def main() -> None:
                         help="standalone: drop the index before the load, build it after the flush")  # fmt: skip
     parser.add_argument("--attach", metavar="URI", help="measure a server a run before loaded (same arguments)")
     parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
+    parser.add_argument("--segment-mb", type=int, default=0, help="standalone: segment maxSize (default: TUNING's)")
     parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (--index-after-load)")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
     asyncio.run(run(parser.parse_args()))
