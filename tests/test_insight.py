@@ -9,8 +9,10 @@ import grpc
 import pytest
 from deeplens.client import DeepLensClient
 from deeplens.v1 import admin_service_pb2
+from deeplens_server.freshness import WriteMarks
 from deeplens_server.vectors import VectorIndex
 from deeplens_stack import Stack
+from redis.asyncio import Redis
 
 from tests.conftest import ClientFactory, new_tenant
 
@@ -72,13 +74,16 @@ async def test_vector_count_shows_drift_where_the_index_can_count(
     before = client.admin.GetTenantStats(request, metadata=client.metadata)
     assert (before.images, before.vectors) == (2, 2)
 
-    index = VectorIndex(stack.config.endpoints["DEEPLENS_MILVUS_URI"], token="")
+    redis = Redis.from_url(stack.config.endpoints["DEEPLENS_REDIS_URL"])
+    index = VectorIndex(stack.config.endpoints["DEEPLENS_MILVUS_URI"], token="", search_consistency="Tenant")
+    index.marks = WriteMarks(redis, window_ms=10_000)  # so that the next read sees the delete, as in DeepLens
     await index.open()
     try:
         await index.delete_images(tenant, [("drift", "a")])
         counted = index.counts_tenants
     finally:
         await index.close()
+        await redis.aclose()
     after = client.admin.GetTenantStats(request, metadata=client.metadata)
     assert after.images == 2
     assert after.vectors == (1 if counted else 2)
