@@ -42,10 +42,6 @@ TUNING: dict[str, int | float] = {
     # is merged with others and its index built again, which at 1M vectors kept 640-900k rows waiting for an
     # index for over 20 minutes after the load (docs/scaling.md).
     "dataCoord.segment.sealProportion": 0.55,
-    # A search visits every segment of the tenant's partition: 2 GB segments (~130k rows of 1280-d), not
-    # 512 MB (~46k), halve a large tenant's search (400k rows of one tenant: p50 21.3 -> 9.9 ms, p95 26.3 ->
-    # 15.3 ms, Bounded; the index was complete 427 s after the load against 365 s).
-    "dataCoord.segment.maxSize": 2048,
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)(?:\([a-z]+\))?\s*(?::\s*([^}]*?))?\s*\}\}")
 
