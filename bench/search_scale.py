@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from deeplens_stack import Stack, StackConfig
 from pymilvus import AsyncMilvusClient, connections, utility
 from pymilvus.client.types import SegmentState
 
+warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
 

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord  # n
 from deeplens_stack import milvus_server  # noqa: E402
 from deeplens_stack.stack import MILVUS_LITE_MEMTABLE_BYTES  # noqa: E402
 
+warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
 MODEL = "bench@1"
 DIM = 1280
 PORT_BASE = 48000
