@@ -47,9 +47,10 @@ from deeplens_stack import Stack, StackConfig
 from pymilvus import AsyncMilvusClient, connections, utility
 from pymilvus.client.types import SegmentState
 
-warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
+
+warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
 
 TENANT = "bench"
 COLLECTION = "photos"

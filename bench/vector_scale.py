@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
