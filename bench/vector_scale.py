@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -162,6 +163,7 @@ async def run(args: argparse.Namespace) -> None:
     else:
         home = Path(tempfile.mkdtemp(prefix=f"vector-scale-{args.engine}-"))
         proc, uri = start(args.engine, home, args.segment_mb)
+        print(f"engine data: {home}")
     try:
         index = VectorIndex(uri, token="")
         await index.open()
@@ -200,6 +202,8 @@ async def run(args: argparse.Namespace) -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
+        if home is not None and not args.keep:  # a 1M-vector server leaves ~20 GB
+            shutil.rmtree(home, ignore_errors=True)
 
 
 async def load(
@@ -278,6 +282,7 @@ def main() -> None:
                         help="standalone: drop the index before the load, build it after the flush")  # fmt: skip
     parser.add_argument("--attach", metavar="URI", help="measure a server a run before loaded (same arguments)")
     parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
+    parser.add_argument("--keep", action="store_true", help="keep the engine's data directory (it is printed)")
     parser.add_argument("--segment-mb", type=int, default=0, help="standalone: segment maxSize (default: TUNING's)")
     parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (--index-after-load)")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
