@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,13 +43,11 @@ from deeplens.v1 import resources_pb2
 from deeplens_server.imaging import phash_bands
 from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord
 from deeplens_stack import Stack, StackConfig
-from pymilvus import AsyncMilvusClient, connections, utility
-from pymilvus.client.types import SegmentState
+from pymilvus import AsyncMilvusClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
-
-warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
+from vector_scale import served
 
 TENANT = "bench"
 COLLECTION = "photos"
@@ -161,27 +158,11 @@ async def settle(stack: Stack) -> float:
                 if built and not int(state.get("pending_index_rows", 0)):
                     break
                 await asyncio.sleep(5)
-        await asyncio.to_thread(_loaded, stack)
+        for name in await client.list_collections():
+            await asyncio.to_thread(served, stack.config.endpoints["DEEPLENS_MILVUS_URI"], name, 900)
     finally:
         await client.close()
     return time.perf_counter() - began
-
-
-def _loaded(stack: Stack, timeout: float = 900) -> None:
-    """Waits until the query node serves every segment sealed and with its index (capped at ``timeout``)."""
-    connections.connect(alias="settle", uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"])
-    deadline = time.monotonic() + timeout
-    try:
-        for name in utility.list_collections(using="settle"):
-            while True:
-                segments = utility.get_query_segment_info(name, using="settle")
-                waiting = [s for s in segments if s.state != SegmentState.Sealed or not s.index_name]
-                if not waiting or time.monotonic() > deadline:
-                    print(f"{name}: {len(segments)} segments served, {len(waiting)} not yet sealed and indexed")
-                    break
-                time.sleep(5)
-    finally:
-        connections.disconnect("settle")
 
 
 def main() -> None:

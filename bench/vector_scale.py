@@ -134,8 +134,9 @@ def _create_index(uri: str, name: str, ef_construction: int) -> None:
     client.close()
 
 
-def _served(uri: str, name: str, timeout: float = 600) -> None:
-    """Waits until the query node serves every segment sealed and indexed; prints their sizes."""
+def served(uri: str, name: str, timeout: float = 600) -> None:
+    """Waits until the query node serves every segment of collection ``name`` sealed and indexed (at most
+    ``timeout`` seconds); prints their sizes."""
     connections.connect(alias="served", uri=uri)
     deadline = time.monotonic() + timeout
     try:
@@ -148,7 +149,8 @@ def _served(uri: str, name: str, timeout: float = 600) -> None:
     finally:
         connections.disconnect("served")
     rows = sorted(s.num_rows for s in segments)
-    print(f"query node serves {len(segments)} segments ({len(waiting)} not yet sealed and indexed), rows {rows}")
+    print(f"{name}: the query node serves {len(segments)} segments ({len(waiting)} not yet sealed and indexed), "
+          f"rows {rows}")  # fmt: skip
 
 
 def _load(uri: str, name: str) -> None:
@@ -193,7 +195,7 @@ async def run(args: argparse.Namespace) -> None:
                     await asyncio.sleep(1)
                 print(f"no index work pending after {time.perf_counter() - started:.1f} s")
         if args.engine == "standalone":
-            await asyncio.to_thread(_served, uri, name, 600 if args.settle else 0)
+            await asyncio.to_thread(served, uri, name, 600 if args.settle else 0)
         await measure(args, index, vectors, owner)
         pid = proc.pid if proc is not None else _oldest("milvus run")
         print(f"engine RSS: {_rss_mb(pid):,.0f} MB")

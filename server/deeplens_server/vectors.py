@@ -155,17 +155,17 @@ class VectorIndex:
         # what Strong guarantees, at Bounded cost for tenants not being written; see freshness.py).
         self._search_consistency = search_consistency
         self.marks: WriteMarks | None = None
-        # Milvus Lite applies every write before answering and ignores read levels: no marks are kept there.
-        self._ticks = True
+        # Milvus Lite (told by its version) differs from a Milvus server twice: it applies every write before
+        # answering and ignores read levels, so no marks are kept there; and it counts a filtered set by reading
+        # every matching row, vector and all, into Python (~0.35 ms a row, the engine serving nothing else
+        # meanwhile), so request paths must not call `count` there (`counts_tenants`).
+        self._lite = False
         self.colour_collection = colour_collection_name()
         self._client: AsyncMilvusClient | None = None
         self._ready: set[str] = set()
         # Milvus 2.3 servers place upserted rows in the wrong partition when the collection has a partition
         # key (they are then invisible to tenant-filtered reads): there, an upsert is a delete then an insert.
         self._replace_upserts = False
-        # Milvus Lite counts a filtered set by reading every matching row, vector and all, into Python (~0.35 ms
-        # a row, and the engine serves nothing else meanwhile): request paths must not call `count` there.
-        self.counts_tenants = True
         # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
         self._write_lock = asyncio.Lock()
         self._queued: list[_Write] = []
@@ -220,21 +220,25 @@ class VectorIndex:
         except MilvusException as exc:
             raise Unavailable("the vector index is unavailable") from exc
         self._replace_upserts = re.match(r"^v?2\.3\.", version) is not None
-        self.counts_tenants = not version.startswith("milvus_lite")
-        self._ticks = not version.startswith("milvus_lite")
+        self._lite = version.startswith("milvus_lite")
+
+    @property
+    def counts_tenants(self) -> bool:
+        """Whether ``count`` is cheap (a Milvus server), not a read of every row of the tenant (Milvus Lite)."""
+        return not self._lite
 
     async def _read_level(self, tenant_id: str) -> str:
         """The consistency level of a read of the tenant's vectors."""
         if self._search_consistency != "Tenant":
             return self._search_consistency
-        if not self._ticks:
+        if self._lite:
             return "Bounded"
         if self.marks is None or await self.marks.recent(tenant_id):
             return "Strong"
         return "Bounded"
 
     async def _mark(self, tenant_ids: set[str]) -> None:
-        if self._ticks and self.marks is not None:
+        if not self._lite and self.marks is not None:
             await self.marks.wrote(tenant_ids)
 
     async def close(self) -> None:
