@@ -69,14 +69,15 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out]
 
 
-def start(engine: str, home: Path, segment_mb: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+def start(engine: str, home: Path, settings: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = PORT_BASE + 530
     if engine == "standalone":
         binary = milvus_server.binaries(ROOT / ".cache")
         config = milvus_server.write_config(home, proxy_port=port, port_base=PORT_BASE)
-        if segment_mb:  # another segment size than the embedded server's
-            text = (config / "milvus.yaml").read_text()
-            (config / "milvus.yaml").write_text(milvus_server.set_value(text, "dataCoord.segment.maxSize", segment_mb))
+        text = (config / "milvus.yaml").read_text()
+        for path, value in settings.items():  # other settings than the embedded server's
+            text = milvus_server.set_value(text, path, value)
+        (config / "milvus.yaml").write_text(text)
         env = milvus_server.environment(dict(os.environ), binary, home, PORT_BASE + milvus_server.METRICS_OFFSET)
         proc = subprocess.Popen([str(binary), "run", "standalone"], cwd=home, env=env,
                                 stdout=(home / "out.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
@@ -164,7 +165,10 @@ async def run(args: argparse.Namespace) -> None:
         home, proc, uri = None, None, args.attach
     else:
         home = Path(tempfile.mkdtemp(prefix=f"vector-scale-{args.engine}-"))
-        proc, uri = start(args.engine, home, args.segment_mb)
+        settings = dict(item.split("=", 1) for item in args.set)
+        if args.segment_mb:
+            settings["dataCoord.segment.maxSize"] = str(args.segment_mb)
+        proc, uri = start(args.engine, home, settings)
         print(f"engine data: {home}")
     try:
         index = VectorIndex(uri, token="")
@@ -203,7 +207,11 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a server holding 1M vectors did not stop within a minute
+                proc.kill()
+                proc.wait()
         if home is not None and not args.keep:  # a 1M-vector server leaves ~20 GB
             shutil.rmtree(home, ignore_errors=True)
 
@@ -286,6 +294,8 @@ def main() -> None:
     parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
     parser.add_argument("--keep", action="store_true", help="keep the engine's data directory (it is printed)")
     parser.add_argument("--segment-mb", type=int, default=0, help="standalone: segment maxSize (default: TUNING's)")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="standalone: another milvus.yaml value (a dotted path)")  # fmt: skip
     parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (--index-after-load)")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
     asyncio.run(run(parser.parse_args()))

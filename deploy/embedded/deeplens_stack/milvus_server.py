@@ -115,7 +115,7 @@ def write_config(data_dir: Path, *, proxy_port: int, port_base: int) -> Path:
 _KEY = re.compile(r"^(\s*)([A-Za-z0-9_]+):(.*)$")
 
 
-def set_value(text: str, path: str, value: int | float) -> str:
+def set_value(text: str, path: str, value: int | float | str) -> str:
     """The YAML ``text`` with the scalar at dotted ``path`` (``dataCoord.segment.maxSize``) set to ``value``,
     its comment kept."""
     lines = text.split("\n")
