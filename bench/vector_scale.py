@@ -4,7 +4,8 @@ tenant partition key), same queries.
 
     .venv/bin/python bench/vector_scale.py --engine standalone --vectors 100000
     .venv/bin/python bench/vector_scale.py --engine lite --vectors 20000
-    .venv/bin/python bench/vector_scale.py --engine standalone --vectors 400000 --tenants 1 --settle --segment-mb 512
+    .venv/bin/python bench/vector_scale.py --engine standalone --vectors 1000000 --tenants 1 --batch 2000 --settle \\
+        --segment-mb 512 --set dataCoord.segment.maxBinlogFileNumber=32
 
 Prints: load rate through ``VectorIndex.upsert`` (``--batch`` rows of one tenant a call), time until the index
 covers every row (``indexed_rows``; the server may go on merging small segments and indexing them again, which

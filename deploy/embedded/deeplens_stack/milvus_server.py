@@ -42,6 +42,12 @@ TUNING: dict[str, int | float] = {
     # is merged with others and its index built again, which at 1M vectors kept 640-900k rows waiting for an
     # index for over 20 minutes after the load (docs/scaling.md).
     "dataCoord.segment.sealProportion": 0.55,
+    # A search visits every segment of its tenant's partition, each through its own HNSW graph: 2 GB segments
+    # (~184k of DeepLens's rows when sealed) instead of 512 MB (~46k) took a 1M-image tenant from ~22 segments
+    # to 6. A segment is also sealed at `maxBinlogFileNumber` flushed files (16 MB each); at 32 that sealed 2 GB
+    # segments at ~97k rows, under `smallProportion`, and they were merged and indexed again (docs/scaling.md).
+    "dataCoord.segment.maxSize": 2048,
+    "dataCoord.segment.maxBinlogFileNumber": 128,
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)(?:\([a-z]+\))?\s*(?::\s*([^}]*?))?\s*\}\}")
 
