@@ -182,7 +182,9 @@ async def run(args: argparse.Namespace) -> None:
         if not args.attach:
             await load(args, index, uri, name, vectors, owner)
         started = time.perf_counter()
-        if args.engine == "standalone":
+        if args.engine == "standalone" and args.no_flush:  # the partly filled segment stays growing
+            print("not flushed: rows past the last sealed segment are searched in a growing segment")
+        elif args.engine == "standalone":
             if args.index_after_load and not args.attach:
                 await asyncio.to_thread(_create_index, uri, name, args.ef_construction)
             while True:  # every row in an indexed segment (compaction may go on merging segments and indexing them)
@@ -231,7 +233,7 @@ async def load(
     took = time.perf_counter() - started
     print(f"engine {args.engine}: loaded {len(vectors):,} vectors ({args.tenants} tenants) in {took:.1f} s "
           f"= {len(vectors) / took:,.0f} vectors/s through VectorIndex.upsert")  # fmt: skip
-    if args.engine == "standalone":
+    if args.engine == "standalone" and not args.no_flush:
         assert index._client is not None
         await index._client.flush(name)
 
@@ -293,6 +295,7 @@ def main() -> None:
                         help="standalone: drop the index before the load, build it after the flush")  # fmt: skip
     parser.add_argument("--attach", metavar="URI", help="measure a server a run before loaded (same arguments)")
     parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
+    parser.add_argument("--no-flush", action="store_true", help="standalone: leave the last segment growing")
     parser.add_argument("--keep", action="store_true", help="keep the engine's data directory (it is printed)")
     parser.add_argument("--segment-mb", type=int, default=0, help="standalone: segment maxSize (default: TUNING's)")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",

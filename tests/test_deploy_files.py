@@ -64,6 +64,11 @@ def test_compose_file_follows_the_specification() -> None:
             services[name]["depends_on"][d]["condition"] == "service_healthy" for d in services[name]["depends_on"]
         )
 
+    # The compose Milvus runs with the settings the embedded server was measured with, from its environment.
+    milvus_env = services["milvus"]["environment"]
+    for path, value in milvus_server.TUNING.items():
+        assert milvus_env[path.upper().replace(".", "_")] == str(value), path
+
     bad = _compose()
     bad["services"]["server"]["healthcheck"]["intervall"] = "5s"
     with pytest.raises(ValueError, match="intervall"):
