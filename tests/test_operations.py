@@ -72,6 +72,19 @@ async def _stored_counts(stack: Stack, tenant: str) -> tuple[int, int]:
     return rows, len(pks)
 
 
+async def _settled_counts(stack: Stack, tenant: str, expected: tuple[int, int]) -> tuple[int, int]:
+    """``_stored_counts`` once they equal ``expected``, or after 10 s. A lost row still fails; a read that
+    missed a row for a moment (once in CI on Milvus Lite, 949 of 950 vectors, not reproduced) is reported."""
+    counts = await _stored_counts(stack, tenant)
+    for _ in range(10):
+        if counts == expected:
+            break
+        print(f"\nstored counts {counts}, expected {expected}: reading again")
+        await asyncio.sleep(1)
+        counts = await _stored_counts(stack, tenant)
+    return counts
+
+
 def test_thousand_images_with_five_percent_corrupt_end_with_exact_counts(
     stack: Stack, admin: DeepLensClient, connect: ClientFactory
 ) -> None:
@@ -109,7 +122,7 @@ def test_thousand_images_with_five_percent_corrupt_end_with_exact_counts(
             break
     assert [i for i, _, _ in failed_items] == sorted(corrupt)
     assert {reason for _, _, reason in failed_items} == {"IMAGE_UNDECODABLE"}
-    assert asyncio.run(_stored_counts(stack, tenant)) == (950, 950)
+    assert asyncio.run(_settled_counts(stack, tenant, (950, 950))) == (950, 950)
     print(f"\n1000-image upload: submitted in {submitted:.1f} s, done in {elapsed:.1f} s ({1000 / elapsed:.0f} img/s)")
 
 
@@ -133,7 +146,7 @@ def test_worker_killed_mid_batch_finishes_with_exact_counts(
     done = _wait(client, op.name, timeout=200)  # below the per-test limit: a stall fails here, readably
     meta = operation_metadata(done)
     assert (meta.total, meta.processed, meta.succeeded, meta.failed) == (300, 300, 300, 0)
-    assert asyncio.run(_stored_counts(stack, tenant)) == (300, 300)
+    assert asyncio.run(_settled_counts(stack, tenant, (300, 300))) == (300, 300)
 
 
 def test_chunked_upload_of_a_large_image_and_malformed_streams(admin: DeepLensClient, connect: ClientFactory) -> None:
