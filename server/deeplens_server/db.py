@@ -7,21 +7,29 @@ work spans tenants by design (listing tenants, platform keys, migrations).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from deeplens_server.metrics import POSTGRES_SECONDS
+
 
 @asynccontextmanager
 async def scoped(pool: asyncpg.Pool, tenant: str | None) -> AsyncIterator[asyncpg.Connection]:
-    async with pool.acquire() as conn, conn.transaction():
-        if tenant is None:
-            await conn.execute("SELECT set_config('deeplens.scope', 'platform', true)")
-        else:
-            await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant)
-        yield conn
+    began = time.perf_counter()
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            if tenant is None:
+                await conn.execute("SELECT set_config('deeplens.scope', 'platform', true)")
+            else:
+                await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant)
+            yield conn
+    finally:
+        # From asking the pool for a connection to the commit: the wait for a free connection counts too.
+        POSTGRES_SECONDS.observe(time.perf_counter() - began)
 
 
 class ScopedPool:

@@ -441,26 +441,44 @@ class Usage:
     reclaimable_bytes: int
 
 
+_USAGE = (
+    "count(*) AS images, coalesce(sum(i.size_bytes), 0)::bigint AS bytes, count(g.id) AS duplicate_images, "
+    "coalesce(sum(i.size_bytes) FILTER (WHERE g.id IS NOT NULL AND NOT g.resolved "
+    "AND (i.collection_id, i.image_id) <> (g.keeper_collection, g.keeper_image)), 0)::bigint AS reclaimable_bytes "
+    "FROM images i LEFT JOIN duplicate_groups g ON g.tenant_id = i.tenant_id AND g.id = i.group_id "
+    "WHERE i.tenant_id = $1 AND ($2::text IS NULL OR i.collection_id = $2)"
+)
+
+
+def _usage(key: str | None, r: asyncpg.Record) -> Usage:
+    return Usage(key or "", r["images"], r["bytes"], r["duplicate_images"], r["reclaimable_bytes"])
+
+
+async def storage_total(conn: asyncpg.Connection, tenant_id: str, collection_id: str | None) -> Usage:
+    """The images, bytes, duplicates and reclaimable bytes of the tenant (or of one collection)."""
+    row = await conn.fetchrow(f"SELECT {_USAGE}", tenant_id, collection_id)
+    assert row is not None  # an aggregate without GROUP BY returns one row
+    return _usage(None, row)
+
+
 async def storage_usage(
     conn: asyncpg.Connection, tenant_id: str, collection_id: str | None
 ) -> tuple[Usage, list[Usage], list[Usage]]:
-    """(total, by storage location, by collection). Reclaimable: unresolved groups' members but the keeper."""
-    base = (
-        "SELECT {key} AS key, count(*) AS images, coalesce(sum(i.size_bytes), 0)::bigint AS bytes, "
-        "count(g.id) AS duplicate_images, coalesce(sum(i.size_bytes) FILTER (WHERE g.id IS NOT NULL "
-        "AND NOT g.resolved AND (i.collection_id, i.image_id) <> (g.keeper_collection, g.keeper_image)), 0)::bigint "
-        "AS reclaimable_bytes FROM images i LEFT JOIN duplicate_groups g ON g.tenant_id = i.tenant_id "
-        "AND g.id = i.group_id WHERE i.tenant_id = $1 AND ($2::text IS NULL OR i.collection_id = $2) {group}"
+    """(total, by storage location, by collection), read in one pass over the images. Reclaimable: unresolved
+    groups' members but the keeper. Uploads (no storage location) have the key ""."""
+    rows = await conn.fetch(
+        f"SELECT GROUPING(i.location_id, i.collection_id) AS level, i.location_id, i.collection_id, {_USAGE} "
+        "GROUP BY GROUPING SETS ((), (i.location_id), (i.collection_id))",
+        tenant_id,
+        collection_id,
     )
+    # GROUPING sets a bit for each argument that is not grouped: 3 the total, 1 by location, 2 by collection.
+    total = next((_usage(None, r) for r in rows if r["level"] == 3), Usage("", 0, 0, 0, 0))
+    by_location = sorted(((r["location_id"], r) for r in rows if r["level"] == 1), key=lambda x: _last_none(x[0]))
+    by_collection = sorted(((r["collection_id"], r) for r in rows if r["level"] == 2), key=lambda x: str(x[0]))
+    return total, [_usage(k, r) for k, r in by_location], [_usage(k, r) for k, r in by_collection]
 
-    def usage(r: asyncpg.Record) -> Usage:
-        return Usage(r["key"] or "", r["images"], r["bytes"], r["duplicate_images"], r["reclaimable_bytes"])
 
-    total = await conn.fetchrow(base.format(key="''", group=""), tenant_id, collection_id)
-    by_location = await conn.fetch(
-        base.format(key="i.location_id", group="GROUP BY i.location_id ORDER BY 1"), tenant_id, collection_id
-    )
-    by_collection = await conn.fetch(
-        base.format(key="i.collection_id", group="GROUP BY i.collection_id ORDER BY 1"), tenant_id, collection_id
-    )
-    return usage(total), [usage(r) for r in by_location], [usage(r) for r in by_collection]
+def _last_none(key: str | None) -> tuple[bool, str]:
+    """Ascending keys, None last (PostgreSQL's ORDER BY)."""
+    return key is None, key or ""

@@ -34,7 +34,7 @@ class TenantStats:
 async def tenant_stats(backend: Backend, tenant_id: str) -> TenantStats:
     models = await backend.tenant_models(tenant_id)
     async with scoped(backend.repo.pool, tenant_id) as conn:
-        total, _, _ = await duplicate_store.storage_usage(conn, tenant_id, None)
+        total = await duplicate_store.storage_total(conn, tenant_id, None)
         groups = await conn.fetchval(
             "SELECT count(*) FROM duplicate_groups WHERE tenant_id = $1 AND NOT resolved", tenant_id
         )

@@ -3,7 +3,7 @@
 
 Server: RPCs by method and status code and their latency, the queue's depth. Worker: images indexed /
 failed / dead-lettered, the time of each ingest stage, Triton and Milvus call latency (the server's
-searches observe these too).
+searches observe these too), PostgreSQL transaction time.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ IMAGES = Counter("deeplens_images", "Images through the ingest pipeline, by outc
 TRITON_SECONDS = Histogram("deeplens_triton_infer_seconds", "Triton inference calls", buckets=LATENCY_BUCKETS)
 MILVUS_SECONDS = Histogram(
     "deeplens_milvus_seconds", "Milvus calls, by operation", ["operation"], buckets=LATENCY_BUCKETS
+)
+POSTGRES_SECONDS = Histogram(
+    "deeplens_postgres_transaction_seconds",
+    "PostgreSQL transactions, from asking the pool for a connection to the commit",
+    buckets=LATENCY_BUCKETS,
 )
 # Where an image's time goes at ingest: read, decode, hashes, model_input, thumbnails, colour (CPU, in a
 # thread), embed (Triton), vectors (Milvus), store_thumbnails, match (duplicate candidates and verification),
