@@ -190,8 +190,9 @@ def concurrent(calls: Callable[[int], Callable[[], object]], threads: int, secon
     return len(flat) / (time.perf_counter() - began), flat
 
 
-async def settle(stack: Stack) -> float:
-    """A Milvus server: waits until every collection's rows are indexed and no rebuild is pending (seconds)."""
+async def settle(stack: Stack, rows: int = 0) -> float:
+    """A Milvus server: waits until every collection's rows are indexed and no rebuild is pending, and with
+    ``rows``, until that many rows are in sealed segments (seconds)."""
     client = AsyncMilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], grpc_options=GRPC_OPTIONS)
     began = time.perf_counter()
     try:
@@ -204,7 +205,7 @@ async def settle(stack: Stack) -> float:
                     break
                 await asyncio.sleep(5)
         for name in await client.list_collections():
-            await asyncio.to_thread(served, stack.config.endpoints["DEEPLENS_MILVUS_URI"], name, 900)
+            await asyncio.to_thread(served, stack.config.endpoints["DEEPLENS_MILVUS_URI"], name, 1800, rows)
     finally:
         await client.close()
     return time.perf_counter() - began
@@ -218,6 +219,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--port-base", type=int, default=45000)
+    parser.add_argument(
+        "--sealed", action="store_true",
+        help="measure once more after every row is in a sealed, indexed segment (a segment seals when full or "
+        "when idle for dataCoord.segment.maxIdleTime)",
+    )  # fmt: skip
     args = parser.parse_args()
     engine = os.environ.get("DEEPLENS_STACK_MILVUS", "lite")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
@@ -248,6 +254,23 @@ def main() -> None:
                 admin.create_tenant(TENANT, limits=limits)
                 _, secret = admin.create_api_key(TENANT, resources_pb2.ROLE_EDITOR)
             with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=600) as client:
+
+                def measure(*ways: Callable[[int], Callable[[], object]]) -> None:
+                    metrics = stack.config.endpoints["DEEPLENS_METRICS_LISTEN"]
+                    for what, make in zip(("by bytes", "by name "), ways, strict=True):
+                        before = scrape(metrics)
+                        single = [timed(make(i)) for i in picks]
+                        print(f"  search {what}, one at a time:  {percentiles(single)}")
+                        print(f"    {breakdown(before, scrape(metrics), statistics.mean(single))}")
+                    for what, make in zip(("by bytes", "by name "), ways, strict=True):
+                        rate, spread = concurrent(make, args.threads, args.seconds)
+                        print(f"  search {what}, {args.threads} clients: {rate:6.1f} searches/s; {percentiles(spread)}")
+                    print("  peak RSS so far: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
+                    stats = [timed(lambda: client.get_tenant_stats(TENANT)) for _ in range(3)]
+                    counted = client.get_tenant_stats(TENANT)
+                    print(f"  GetTenantStats: {statistics.median(stats):.0f} ms (median of 3; "
+                          f"{counted.images:,} images, {counted.vectors:,} vectors)")  # fmt: skip
+
                 t = time.perf_counter()
                 op = client.wait_operation(client.upload_files(PARENT, [(p, p.stem) for p in paths]).name)
                 meta = operation_metadata(op)
@@ -275,20 +298,11 @@ def main() -> None:
 
                     by_name(0)()  # the first query after a load waits for the engine to catch up
                     print(f"at {indexed:,} images (top 10):")
-                    metrics = stack.config.endpoints["DEEPLENS_METRICS_LISTEN"]
-                    for what, make in (("by bytes", by_bytes), ("by name ", by_name)):
-                        before = scrape(metrics)
-                        single = [timed(make(i)) for i in picks]
-                        print(f"  search {what}, one at a time:  {percentiles(single)}")
-                        print(f"    {breakdown(before, scrape(metrics), statistics.mean(single))}")
-                    for what, make in (("by bytes", by_bytes), ("by name ", by_name)):
-                        rate, spread = concurrent(make, args.threads, args.seconds)
-                        print(f"  search {what}, {args.threads} clients: {rate:6.1f} searches/s; {percentiles(spread)}")
-                    print("  peak RSS so far: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
-                    stats = [timed(lambda: client.get_tenant_stats(TENANT)) for _ in range(3)]
-                    counted = client.get_tenant_stats(TENANT)
-                    print(f"  GetTenantStats: {statistics.median(stats):.0f} ms (median of 3; "
-                          f"{counted.images:,} images, {counted.vectors:,} vectors)")  # fmt: skip
+                    measure(by_bytes, by_name)
+                    if args.sealed and stack.config.milvus_engine == "standalone":
+                        waited = asyncio.run(settle(stack, rows=indexed))
+                        print(f"at {indexed:,} images, every row sealed and indexed ({waited:.0f} s later):")
+                        measure(by_bytes, by_name)
             stop_sampling.set()
             sampler.join()
         finally:

@@ -136,16 +136,17 @@ def _create_index(uri: str, name: str, ef_construction: int) -> None:
     client.close()
 
 
-def served(uri: str, name: str, timeout: float = 600) -> None:
-    """Waits until the query node serves every segment of collection ``name`` sealed and indexed (at most
-    ``timeout`` seconds); prints their sizes."""
+def served(uri: str, name: str, timeout: float = 600, rows: int = 0) -> None:
+    """Waits until the query node serves every segment of collection ``name`` sealed and indexed, and ``rows``
+    rows in them (growing segments are not listed), at most ``timeout`` seconds; prints their sizes."""
     connections.connect(alias="served", uri=uri)
     deadline = time.monotonic() + timeout
     try:
         while True:
             segments = utility.get_query_segment_info(name, using="served")
             waiting = [s for s in segments if s.state != SegmentState.Sealed or not s.index_name]
-            if not waiting or time.monotonic() > deadline:
+            short = sum(s.num_rows for s in segments) < rows
+            if (not waiting and not short) or time.monotonic() > deadline:
                 break
             time.sleep(5)
     finally:
