@@ -103,7 +103,8 @@ async def search_similar(
     elif content is not None:
         decoded = await decode_query(content, limits)
         embedding = await embed_decoded(backend, decoded, model=model, timeout=timeout)
-        colour = await asyncio.to_thread(colour_signature, decoded.working)
+        if query.ranking != VISUAL:
+            colour = await asyncio.to_thread(colour_signature, decoded.working)
     else:
         raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
     scope_collection = query.scope.collection if isinstance(query.scope, CollectionName) else None
