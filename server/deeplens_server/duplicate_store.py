@@ -474,11 +474,7 @@ async def storage_usage(
     )
     # GROUPING sets a bit for each argument that is not grouped: 3 the total, 1 by location, 2 by collection.
     total = next((_usage(None, r) for r in rows if r["level"] == 3), Usage("", 0, 0, 0, 0))
-    by_location = sorted(((r["location_id"], r) for r in rows if r["level"] == 1), key=lambda x: _last_none(x[0]))
-    by_collection = sorted(((r["collection_id"], r) for r in rows if r["level"] == 2), key=lambda x: str(x[0]))
-    return total, [_usage(k, r) for k, r in by_location], [_usage(k, r) for k, r in by_collection]
-
-
-def _last_none(key: str | None) -> tuple[bool, str]:
-    """Ascending keys, None last (PostgreSQL's ORDER BY)."""
-    return key is None, key or ""
+    # Keys in code-point order, whatever the database's collation (uploads, key "", first).
+    by_location = sorted((_usage(r["location_id"], r) for r in rows if r["level"] == 1), key=lambda u: u.key)
+    by_collection = sorted((_usage(r["collection_id"], r) for r in rows if r["level"] == 2), key=lambda u: u.key)
+    return total, by_location, by_collection
