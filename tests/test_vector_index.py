@@ -9,9 +9,12 @@ import uuid
 from typing import Any
 
 import numpy as np
+import pytest
+from deeplens_server.errors import Unavailable
 from deeplens_server.freshness import PREFIX, WriteMarks
 from deeplens_server.vectors import VectorIndex, VectorRecord
 from deeplens_stack.stack import Stack
+from pymilvus import MilvusException
 from redis.asyncio import Redis
 
 MODEL = "efficientnet_lite0@1"
@@ -28,6 +31,27 @@ class CountingIndex(VectorIndex):
     async def _upsert(self, tenant_id: str, collection: str, rows: list[dict[str, Any]]) -> None:
         self.calls.append((collection, len(rows)))
         await super()._upsert(tenant_id, collection, rows)
+
+
+class CountingMarks(WriteMarks):
+    """The real write marks in Redis, counting how often a tenant is marked."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis, window_ms=10_000)
+        self.marked: list[set[str]] = []
+
+    async def wrote(self, tenant_ids: Any) -> None:
+        self.marked.append(set(tenant_ids))
+        await super().wrote(tenant_ids)
+
+
+class FailingAfterWriteIndex(VectorIndex):
+    """The real index, failing after the rows of its first collection reached the store: a write that fails
+    part-way."""
+
+    async def _upsert(self, tenant_id: str, collection: str, rows: list[dict[str, Any]]) -> None:
+        await super()._upsert(tenant_id, collection, rows)
+        raise MilvusException(message="the connection was lost after the rows were sent")
 
 
 def _record(image_id: str, seed: int) -> VectorRecord:
@@ -124,5 +148,28 @@ async def test_every_finished_write_is_read_and_idle_tenants_read_bounded(stack:
     finally:
         await index.delete(written)
         await index.delete(idle)
+        await index.close()
+        await redis.aclose()
+
+
+async def test_a_write_that_fails_part_way_marks_its_tenant_after_the_failure_too(stack: Stack) -> None:
+    redis = Redis.from_url(stack.config.endpoints["DEEPLENS_REDIS_URL"])
+    index = FailingAfterWriteIndex(stack.config.endpoints["DEEPLENS_MILVUS_URI"], token="", search_consistency="Tenant")
+    index.marks = marks = CountingMarks(redis)
+    await index.open()
+    await index.ensure(MODEL, DIM)
+    tenant = f"vi-{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(Unavailable):
+            await index.upsert(tenant, MODEL, [_record("partial", 11)])
+        if index.counts_tenants:  # a Milvus server: the rows applied before the failure are read Strong
+            assert marks.marked == [{tenant}, {tenant}]
+            assert await redis.exists(PREFIX + tenant)
+            assert await index._read_level(tenant) == "Strong"
+        else:  # Milvus Lite applies each write before it answers: no marks
+            assert marks.marked == []
+    finally:
+        index.marks = None
+        await index.delete(tenant)
         await index.close()
         await redis.aclose()

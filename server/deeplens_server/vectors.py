@@ -245,7 +245,15 @@ class VectorIndex:
         marks = None if self._lite else self.marks
         if marks is not None:
             await marks.wrote(tenant_ids)
-        yield
+        try:
+            yield
+        except BaseException:
+            # A write that failed part-way may have applied some rows: they get a fresh mark too, and a failure
+            # to write that mark must not hide the write's own error.
+            if marks is not None:
+                with contextlib.suppress(Unavailable):
+                    await marks.wrote(tenant_ids)
+            raise
         if marks is not None:
             await marks.wrote(tenant_ids)
 
