@@ -7,14 +7,16 @@ tenant partition key), same queries.
     .venv/bin/python bench/vector_scale.py --engine standalone --vectors 1000000 --tenants 1 --batch 2000 --settle \\
         --segment-mb 512 --set dataCoord.segment.maxBinlogFileNumber=32
 
-Prints: load rate through ``VectorIndex.upsert`` (``--batch`` rows of one tenant a call), time until the index
-covers every row (``indexed_rows``; the server may go on merging small segments and indexing them again, which
-``--settle`` waits out; ``--index-after-load`` builds the index once the load is flushed; ``--attach URI``
-measures a server an earlier run loaded, whose dataset it generates again from the same seed), search latency
-p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages asks; a search visits every
-segment of the tenant's partition, so ``--tenants 1`` and ``--segment-mb`` show what segment size costs), the
-throughput of 8 concurrent searchers, recall@10 against exact search within the tenant, and the engine's RSS.
-Vectors: L2-normalised points around 2,000 random centres (photos cluster; uniform noise would flatter HNSW).
+Prints: load rate through ``VectorIndex.upsert`` (``--batch`` rows of one tenant a call) and the engine's CPU time a
+vector meanwhile, time until the index covers every row (``indexed_rows``; the server may go on merging small
+segments and indexing them again, which ``--settle`` waits out; ``--index-after-load`` builds the index once the
+load is flushed; ``--attach URI`` measures a server an earlier run loaded, whose dataset it generates again from the
+same seed), search latency p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages asks; a
+search visits every segment of the tenant's partition, so ``--tenants 1`` and ``--segment-mb`` show what segment
+size costs), the throughput of 8 concurrent searchers, recall@10 against exact search within the tenant, and the
+engine's RSS.
+Vectors (``--data``): L2-normalised points around 2,000 random centres (photos cluster; uniform noise would
+flatter HNSW), or ``photos``: search_scale.py's seeded look-alikes, crowded in one cone as CNN features are.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ def _rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) the engine process and its children have used so far."""
+    total = 0
+    for child in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _oldest(pattern: str) -> int:
     return int(subprocess.run(["pgrep", "-of", pattern], capture_output=True, text=True).stdout.split()[0])
 
@@ -101,14 +115,33 @@ def start(engine: str, home: Path, settings: dict[str, str]) -> tuple[subprocess
     return proc, f"http://127.0.0.1:{port}"
 
 
-def dataset(n: int, tenants: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def dataset(n: int, tenants: int, seed: int = 0, kind: str = "centres") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors and the tenant of each. ``centres``: points around 2,000 random centres. ``photos``:
+    search_scale.py's seeding: 300 source vectors that share a common non-negative part (mean cosine between
+    two ~0.7, as pooled CNN features of unrelated photos are alike), each point a source moved by Gaussian noise
+    (cosine to it ~0.45-0.9). The second is the harder one for an IVF index: its points crowd one cone."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((2000, DIM)).astype(np.float32)
+    if kind == "photos":
+        common = np.maximum(rng.standard_normal(DIM), 0) ** 2
+        sources = np.maximum(rng.standard_normal((300, DIM)), 0) ** 2
+        sources /= np.linalg.norm(sources, axis=1, keepdims=True)
+        centres = sources + 1.2 * common / np.linalg.norm(common)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    else:
+        centres = rng.standard_normal((2000, DIM))
+    centres = centres.astype(np.float32)
     which = rng.integers(0, len(centres), n)
     vectors = np.empty((n, DIM), dtype=np.float32)
     for lo in range(0, n, 50_000):  # in slices: a million 1280-d vectors are 5 GB, without a second copy
         hi = min(n, lo + 50_000)
-        vectors[lo:hi] = centres[which[lo:hi]] + 0.6 * rng.standard_normal((hi - lo, DIM)).astype(np.float32)
+        noise = rng.standard_normal((hi - lo, DIM)).astype(np.float32)
+        if kind == "photos":
+            noise *= (rng.uniform(0.5, 2.0, (hi - lo, 1)) / np.linalg.norm(noise, axis=1, keepdims=True)).astype(
+                np.float32
+            )
+        else:
+            noise *= 0.6
+        vectors[lo:hi] = centres[which[lo:hi]] + noise
         vectors[lo:hi] /= np.linalg.norm(vectors[lo:hi], axis=1, keepdims=True)
     owner = rng.integers(0, tenants, n)
     return vectors, owner
@@ -177,11 +210,14 @@ async def run(args: argparse.Namespace) -> None:
         await index.open()
         await index.ensure(MODEL, DIM)
         name = index.collection(MODEL)
-        vectors, owner = dataset(args.vectors, args.tenants)
+        vectors, owner = dataset(args.vectors, args.tenants, kind=args.data)
         client = index._client
         assert client is not None
+        pid = proc.pid if proc is not None else _oldest("milvus run")
         if not args.attach:
+            cpu = _cpu_s(pid)
             await load(args, index, uri, name, vectors, owner)
+            print(f"engine CPU during the load: {(_cpu_s(pid) - cpu) / len(vectors) * 1000:.2f} ms a vector")
         started = time.perf_counter()
         if args.engine == "standalone" and args.no_flush:  # the partly filled segment stays growing
             print("not flushed: rows past the last sealed segment are searched in a growing segment")
@@ -205,7 +241,6 @@ async def run(args: argparse.Namespace) -> None:
         if args.engine == "standalone":
             await asyncio.to_thread(served, uri, name, 600 if args.settle else 0)
         await measure(args, index, vectors, owner)
-        pid = proc.pid if proc is not None else _oldest("milvus run")
         print(f"engine RSS: {_rss_mb(pid):,.0f} MB")
         await index.close()
     finally:
@@ -297,6 +332,7 @@ def main() -> None:
     parser.add_argument("--attach", metavar="URI", help="measure a server a run before loaded (same arguments)")
     parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
     parser.add_argument("--no-flush", action="store_true", help="standalone: leave the last segment growing")
+    parser.add_argument("--data", choices=("centres", "photos"), default="centres", help="the vectors (see dataset)")
     parser.add_argument("--keep", action="store_true", help="keep the engine's data directory (it is printed)")
     parser.add_argument("--segment-mb", type=int, default=0, help="standalone: segment maxSize (default: TUNING's)")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
