@@ -473,7 +473,8 @@ async def storage_usage(
         collection_id,
     )
     # GROUPING sets a bit for each argument that is not grouped: 3 the total, 1 by location, 2 by collection.
-    total = next((_usage(None, r) for r in rows if r["level"] == 3), Usage("", 0, 0, 0, 0))
+    # The empty grouping set gives its row even when no image matches.
+    total = _usage(None, next(r for r in rows if r["level"] == 3))
     # Keys in code-point order, whatever the database's collation (uploads, key "", first).
     by_location = sorted((_usage(r["location_id"], r) for r in rows if r["level"] == 1), key=lambda u: u.key)
     by_collection = sorted((_usage(r["collection_id"], r) for r in rows if r["level"] == 2), key=lambda u: u.key)

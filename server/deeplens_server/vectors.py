@@ -243,19 +243,19 @@ class VectorIndex:
     async def _marking(self, tenant_ids: set[str]) -> AsyncIterator[None]:
         """Marks the tenants as written before and after the writes of the block (see freshness.py)."""
         marks = None if self._lite else self.marks
-        if marks is not None:
-            await marks.wrote(tenant_ids)
+        if marks is None:
+            yield
+            return
+        await marks.wrote(tenant_ids)
         try:
             yield
         except BaseException:
             # A write that failed part-way may have applied some rows: they get a fresh mark too, and a failure
             # to write that mark must not hide the write's own error.
-            if marks is not None:
-                with contextlib.suppress(Unavailable):
-                    await marks.wrote(tenant_ids)
+            with contextlib.suppress(Unavailable):
+                await marks.wrote(tenant_ids)
             raise
-        if marks is not None:
-            await marks.wrote(tenant_ids)
+        await marks.wrote(tenant_ids)
 
     async def close(self) -> None:
         if self._client is not None:
