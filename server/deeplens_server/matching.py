@@ -33,8 +33,8 @@ MAX_CANDIDATES = 500
 # within — and each candidate costs the vector store a row to read back. Measured at 10 (docs/duplicates.md):
 # ~10 % faster ingest, but a crop's or a rotation's direct link to its original fell from 0.69 to 0.21.
 INGEST_CANDIDATES = 20
-# Candidates verified geometrically per query, most similar first: each costs ~10 ms of CPU the first time
-# (its thumbnail's keypoints; kept per process after) and ~2 ms after.
+# Candidates verified geometrically per query, most similar first: each costs ~0.2 ms of CPU when the first
+# descriptor matching rules it out and ~4 ms when its pixels are compared (docs/duplicates.md).
 MAX_VERIFIED = 20
 # Verification also looks below the SIMILAR threshold, down to this cosine: a heavy watermark or a crop of a
 # texture can move the embedding that far while the pixels still align.
