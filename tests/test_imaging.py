@@ -216,7 +216,7 @@ def test_ratio_test_matches_are_brute_force_knn_matches(photos: dict[str, bytes]
     """The matches verification fits a transform to are exactly OpenCV's brute-force Hamming knnMatch(k=2)
     after Lowe's ratio test, for related and unrelated pairs, either way round."""
     import cv2
-    from deeplens_server.keypoints import RATIO, _matches, keypoints
+    from deeplens_server.keypoints import RATIO, Keypoints, _matches, keypoints
 
     frames = []
     for name in ("coffee", "chelsea", "astronaut"):
@@ -237,6 +237,17 @@ def test_ratio_test_matches_are_brute_force_knn_matches(photos: dict[str, bytes]
             assert np.array_equal(dst, b.points[[g.trainIdx for g in good]])
             compared += 1
     assert compared == 20
+    # A candidate with a single descriptor has no second neighbour: knnMatch gives no pair, nor does _matches.
+    first, second = features[0], features[1]
+    assert first.descriptors is not None
+    assert second.descriptors is not None
+    one = Keypoints(first.points[:1], first.descriptors[:1], first.shape, first.pixels)
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(second.descriptors, first.descriptors[:1], k=2)
+    assert len(pairs) == len(second.descriptors)
+    assert all(len(p) == 1 for p in pairs)
+    src, dst = _matches(second, one)
+    assert src.shape == (0, 2)
+    assert dst.shape == (0, 2)
 
 
 def test_copies_align_either_way_round_and_another_photo_does_not(photos: dict[str, bytes]) -> None:
