@@ -45,43 +45,17 @@ from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord  # n
 from deeplens_stack import milvus_server  # noqa: E402
 from deeplens_stack.stack import MILVUS_LITE_MEMTABLE_BYTES  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest_throughput import cpu_seconds, rss_mb  # noqa: E402
+
 warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
 MODEL = "bench@1"
 DIM = 1280
 PORT_BASE = 48000
 
 
-def _rss_mb(pid: int) -> float:
-    total = 0
-    for child in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total / 1024
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) the engine process and its children have used so far."""
-    total = 0
-    for child in [pid, *_children(pid)]:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except FileNotFoundError:
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _oldest(pattern: str) -> int:
     return int(subprocess.run(["pgrep", "-of", pattern], capture_output=True, text=True).stdout.split()[0])
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(x) for x in out]
 
 
 def start(engine: str, home: Path, settings: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -215,9 +189,9 @@ async def run(args: argparse.Namespace) -> None:
         assert client is not None
         pid = proc.pid if proc is not None else _oldest("milvus run")
         if not args.attach:
-            cpu = _cpu_s(pid)
+            cpu = cpu_seconds(pid)
             await load(args, index, uri, name, vectors, owner)
-            print(f"engine CPU during the load: {(_cpu_s(pid) - cpu) / len(vectors) * 1000:.2f} ms a vector")
+            print(f"engine CPU during the load: {(cpu_seconds(pid) - cpu) / len(vectors) * 1000:.2f} ms a vector")
         started = time.perf_counter()
         if args.engine == "standalone" and args.no_flush:  # the partly filled segment stays growing
             print("not flushed: rows past the last sealed segment are searched in a growing segment")
@@ -241,7 +215,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.engine == "standalone":
             await asyncio.to_thread(served, uri, name, 600 if args.settle else 0)
         await measure(args, index, vectors, owner)
-        print(f"engine RSS: {_rss_mb(pid):,.0f} MB")
+        print(f"engine RSS: {rss_mb(pid):,.0f} MB")
         await index.close()
     finally:
         if proc is not None:
