@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from deeplens_server.errors import ImageRejected
+from deeplens_server.lanczos import resize_orientations
 
 MODEL_INPUT_SIZE = 224
 # Long side of the working copy: the largest thumbnail; plenty for 224 px model input and 32 px hashes.
@@ -219,12 +220,13 @@ def phash_bands(phash: str) -> list[str]:
 def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
     """64-bit pHash and dHash as 16 hex digits each, 256-bit detail hashes, of the image and of its flips and
     rotations — after trimming a uniform frame. Bit for bit imagehash's ``phash`` and ``dhash`` (the same
-    LANCZOS resizes and the same DCT), computed for all eight orientations at once."""
+    LANCZOS resizes, done for all eight orientations at once by ``lanczos.resize_orientations``, and the same
+    DCT)."""
     grey = trim_border(image.convert("L")).resize((HASH_GRID, HASH_GRID), Image.Resampling.LANCZOS)
-    oriented = [grey, *(grey.transpose(t) for t in DIHEDRAL)]
-    phash, phash16 = _phashes(oriented, 8), _phashes(oriented, 16)
-    dhash, dhash16 = _dhashes(oriented, 8), _dhashes(oriented, 16)
-    triples = [(phash[i], dhash[i], phash16[i] + dhash16[i]) for i in range(len(oriented))]
+    square = np.asarray(grey)
+    phash, phash16 = _phashes(square, 8), _phashes(square, 16)
+    dhash, dhash16 = _dhashes(square, 8), _dhashes(square, 16)
+    triples = [(phash[i], dhash[i], phash16[i] + dhash16[i]) for i in range(1 + len(DIHEDRAL))]
     return PerceptualHashes(*triples[0], tuple(triples[1:]))
 
 
@@ -233,16 +235,16 @@ def _hex(bits: NDArray[np.bool_]) -> list[str]:
     return [bytes(row).hex() for row in np.packbits(bits.reshape(len(bits), -1), axis=1)]
 
 
-def _phashes(images: list[Image.Image], size: int) -> list[str]:
+def _phashes(square: NDArray[np.uint8], size: int) -> list[str]:
     side = size * 4  # imagehash's highfreq_factor
-    pixels = np.stack([np.asarray(i.resize((side, side), Image.Resampling.LANCZOS)) for i in images])
+    pixels = resize_orientations(square, side, side)
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=1), axis=2)[:, :size, :size]
-    median = np.median(dct.reshape(len(images), -1), axis=1)
+    median = np.median(dct.reshape(len(pixels), -1), axis=1)
     return _hex(dct > median[:, None, None])
 
 
-def _dhashes(images: list[Image.Image], size: int) -> list[str]:
-    pixels = np.stack([np.asarray(i.resize((size + 1, size), Image.Resampling.LANCZOS)) for i in images])
+def _dhashes(square: NDArray[np.uint8], size: int) -> list[str]:
+    pixels = resize_orientations(square, size + 1, size)
     return _hex(pixels[:, :, 1:] > pixels[:, :, :-1])
 
 
