@@ -35,6 +35,9 @@ def test_parses_well_formed_names() -> None:
         "tenants/acme/collections/x/images/../../etc",
         "tenants/acme/collections/x/images/a b",
         "tenants/" + "a" * 64,
+        "tenants/acme\n",  # '$' would let a final newline through; ids must match whole
+        "tenants/acme/collections/photos\n",
+        "tenants/acme/collections/x/images/a.jpg\n",
     ],
 )
 def test_rejects_malformed_names(name: str) -> None:

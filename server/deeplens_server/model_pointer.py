@@ -36,7 +36,7 @@ class TenantModels:
 
 def split_model_id(model_id: str) -> tuple[str, str]:
     """``name@version`` into its parts; INVALID_ARGUMENT for anything else."""
-    if not _MODEL_ID.match(model_id):
+    if not _MODEL_ID.fullmatch(model_id):
         raise InvalidArgument(
             "model must be `name@version` (e.g. `mobilenet_v2@1`)", field="model", reason="INVALID_MODEL"
         )

@@ -17,7 +17,7 @@ DEFAULT_COLLECTION = "default"
 
 
 def check_tenant_id(value: str, field: str = "tenant_id") -> str:
-    if not _TENANT_ID.match(value):
+    if not _TENANT_ID.fullmatch(value):
         raise InvalidArgument(
             "tenant id must be 1-63 lowercase letters, digits or '-', starting with a letter",
             field=field,
@@ -27,7 +27,7 @@ def check_tenant_id(value: str, field: str = "tenant_id") -> str:
 
 
 def check_image_id(value: str, field: str = "image_id") -> str:
-    if not _IMAGE_ID.match(value):
+    if not _IMAGE_ID.fullmatch(value):
         raise InvalidArgument(
             "image id must be 1-128 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
             field=field,
@@ -88,7 +88,7 @@ def parse_tenant(value: str, field: str = "name") -> TenantName:
 def parse_collection(value: str, field: str = "parent") -> CollectionName:
     tenant, collection = _parts(value, field, "tenants/{tenant}/collections/{collection}", 2)
     check_tenant_id(tenant, field)
-    if not _COLLECTION_ID.match(collection):
+    if not _COLLECTION_ID.fullmatch(collection):
         raise InvalidArgument(
             "collection id must be 1-63 lowercase letters, digits or '-', starting with a letter",
             field=field,
@@ -112,7 +112,7 @@ def parse_image(value: str, field: str = "name") -> ImageName:
 
 def parse_operation(value: str, field: str = "name") -> OperationName:
     tenant, operation = _parts(value, field, "tenants/{tenant}/operations/{operation}", 2)
-    if not _OPERATION_ID.match(operation):
+    if not _OPERATION_ID.fullmatch(operation):
         raise InvalidArgument("malformed operation id", field=field, reason="INVALID_RESOURCE_NAME")
     return OperationName(check_tenant_id(tenant, field), operation)
 

@@ -54,7 +54,7 @@ async def watch_tenant(
     order of their last change; each token is the id of the event it answers, so resuming from the last
     token received misses nothing. A token older than the stream's retention starts with a snapshot again.
     """
-    if resume_token and not _TOKEN.match(resume_token):
+    if resume_token and not _TOKEN.fullmatch(resume_token):
         raise InvalidArgument("resume_token is not valid", field="resume_token", reason="INVALID_RESUME_TOKEN")
     cursor = resume_token or await backend.events.last_id(tenant_id)
     if not resume_token or await backend.events.trimmed_past(tenant_id, resume_token):
