@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncpg
 import pytest
 from deeplens.client import DeepLensClient
-from deeplens_server.db import _begin, reset_nothing, scoped
 from deeplens_stack import Stack
 
 from tests.conftest import ClientFactory, new_tenant
@@ -64,47 +63,3 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
             assert tags == [[], []]
     finally:
         await conn.close()
-
-
-async def test_a_scope_ends_with_its_transaction_on_the_pools_connections(stack: Stack) -> None:
-    # The pool skips asyncpg's reset on release, so nothing of one scope may be left for the next acquirer:
-    # one connection, used by a tenant's scope, a failing scope, then a platform scope and no scope at all.
-    pool = await asyncpg.create_pool(
-        stack.config.endpoints["DEEPLENS_POSTGRES_DSN"], min_size=1, max_size=1, reset=reset_nothing
-    )
-    assert pool is not None
-    setting = "SELECT current_setting('deeplens.tenant', true), current_setting('deeplens.scope', true)"
-    try:
-        async with scoped(pool, "tenant-a") as conn:
-            assert _settings(await conn.fetchrow(setting)) == ("tenant-a", "")
-            await conn.execute("CREATE TABLE IF NOT EXISTS scope_probe (n int)")
-            await conn.execute("INSERT INTO scope_probe VALUES (1)")
-        with pytest.raises(asyncpg.UndefinedColumnError):
-            await _insert_then_fail(pool)
-        async with scoped(pool, None) as conn:
-            assert _settings(await conn.fetchrow(setting)) == ("", "platform")
-            assert [r["n"] for r in await conn.fetch("SELECT n FROM scope_probe")] == [1]  # 2 rolled back
-            await conn.execute("DROP TABLE scope_probe")
-        async with pool.acquire() as conn:
-            assert _settings(await conn.fetchrow(setting)) == ("", "")
-            assert not conn.is_in_transaction()
-    finally:
-        await pool.close()
-
-
-def _settings(row: asyncpg.Record | None) -> tuple[str, str]:
-    """(tenant, scope); a setting never set in the session reads NULL, one set and ended reads ''."""
-    assert row is not None
-    return row[0] or "", row[1] or ""
-
-
-async def _insert_then_fail(pool: asyncpg.Pool) -> None:
-    async with scoped(pool, "tenant-b") as conn:
-        await conn.execute("INSERT INTO scope_probe VALUES (2)")
-        await conn.execute("SELECT no_such_column FROM scope_probe")
-
-
-@pytest.mark.parametrize("tenant", ["a'; SELECT 1; --", "tenant\n", "Tenant", "", "x" * 64, "a\\'"])
-def test_only_a_tenant_id_is_written_into_the_scopes_sql(tenant: str) -> None:
-    with pytest.raises(ValueError, match="not a tenant id"):
-        _begin(tenant)

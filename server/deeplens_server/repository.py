@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from deeplens_server.db import ScopedPool, reset_nothing, scoped
+from deeplens_server.db import ScopedPool, scoped
 from deeplens_server.duplicates import Fingerprint
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.filters import ImageFilter, sql_conditions
@@ -138,22 +138,11 @@ class Repository:
     async def connect(cls, dsn: str, *, max_size: int = 10) -> Repository:
         """Opens a pool and applies pending migrations."""
         try:
-            # Migrations on a connection of their own: they set session state, which pool connections never
-            # hold (db.reset_nothing).
-            own = await asyncpg.connect(dsn)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise Unavailable("PostgreSQL is unavailable") from exc
-        try:
-            await migrate(own)
-        finally:
-            await own.close()
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=max_size, init=_init_connection, reset=reset_nothing
-            )
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_init_connection)
         except (OSError, asyncpg.PostgresError) as exc:
             raise Unavailable("PostgreSQL is unavailable") from exc
         async with pool.acquire() as conn:
+            await migrate(conn)
             if await conn.fetchval("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"):
                 _log.warning(
                     "PostgreSQL role %r bypasses row-level security; connect as a role without SUPERUSER "
