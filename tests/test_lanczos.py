@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from deeplens_server import lanczos
 from deeplens_server.imaging import DIHEDRAL
 from deeplens_server.lanczos import resize_orientations, resize_stack
 from PIL import Image
@@ -42,7 +43,12 @@ def test_resize_stack_is_pillow_bit_for_bit(shape: tuple[int, int], size: tuple[
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (9, 8), (17, 16), (13, 13)])
-def test_resize_orientations_is_pillow_on_each_transposed_square(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_resize_orientations_is_pillow_on_each_transposed_square(
+    size: tuple[int, int], symmetric: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not symmetric:  # the path for weights that do not read the same backwards: all eight resized
+        monkeypatch.setattr(lanczos, "_mirror_symmetric", lambda *_: False)
     for square in _samples(np.random.default_rng(size[0]), 128, 128):
         image = Image.fromarray(square)
         expected = [image, *(image.transpose(t) for t in DIHEDRAL)]

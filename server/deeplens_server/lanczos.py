@@ -110,6 +110,7 @@ def _oriented(image: NDArray[np.uint8], transposed: bool, rows: bool, columns: b
     return out[:, ::-1] if columns else out
 
 
+@cache
 def _mirror_symmetric(in_size: int, out_size: int) -> bool:
     weights = _weights(in_size, out_size)
     return bool(np.array_equal(weights, weights[::-1, ::-1]))
