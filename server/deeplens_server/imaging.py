@@ -226,7 +226,7 @@ def perceptual_hashes(image: Image.Image) -> PerceptualHashes:
     square = np.asarray(grey)
     phash, phash16 = _phashes(square, 8), _phashes(square, 16)
     dhash, dhash16 = _dhashes(square, 8), _dhashes(square, 16)
-    triples = [(phash[i], dhash[i], phash16[i] + dhash16[i]) for i in range(1 + len(DIHEDRAL))]
+    triples = [(p, d, p16 + d16) for p, d, p16, d16 in zip(phash, dhash, phash16, dhash16, strict=True)]
     return PerceptualHashes(*triples[0], tuple(triples[1:]))
 
 
