@@ -124,15 +124,19 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def stage_means(url: str) -> dict[str, float]:
+def stage_means(url: str) -> tuple[dict[str, float], float]:
+    """Mean seconds per image by stage, and the number of PostgreSQL transactions the workers ran."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    transactions = 0.0
     for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
         if line.startswith("deeplens_ingest_stage_seconds_sum"):
             sums[line.split('stage="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("deeplens_ingest_stage_seconds_count"):
             counts[line.split('stage="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-    return {k: sums[k] / counts[k] for k in sums if counts.get(k)}
+        elif line.startswith("deeplens_postgres_transaction_seconds_count"):
+            transactions += float(line.rsplit(" ", 1)[1])
+    return {k: sums[k] / counts[k] for k in sums if counts.get(k)}, transactions
 
 
 def main() -> None:
@@ -196,11 +200,12 @@ def main() -> None:
                 raw = raw_model_rate(paths)
                 print(f"model alone (onnxruntime, batch 32, same images' inputs): {raw:.1f} images/s; "
                       f"ingest / model = {rate / raw:.3f}")  # fmt: skip
-                means = stage_means(f"http://127.0.0.1:{args.port_base + 91}/metrics")
+                means, transactions = stage_means(f"http://127.0.0.1:{args.port_base + 91}/metrics")
                 total = sum(means.values())
                 print("time per image by stage (all worker processes, mean):")
                 for stage, seconds in sorted(means.items(), key=lambda kv: -kv[1]):
                     print(f"  {stage:<17} {seconds * 1000:7.1f} ms  {100 * seconds / total:4.1f} %")
+                print(f"PostgreSQL transactions by the workers: {transactions / max(1, meta.succeeded):.1f} per image")
                 per_image = {k: (cpu_after[k] - cpu_before[k]) * 1000 / max(1, meta.succeeded) for k in cpu_after}
                 print("CPU per image by process: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per_image.items())
                       + f"; total {sum(per_image.values()):.0f} ms")  # fmt: skip
