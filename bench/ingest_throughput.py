@@ -3,11 +3,14 @@ throughput of the embedding model alone on the same images' model inputs: the ra
 hardware the pipeline uses. Then search latency at that index size, process memory, and time per stage.
 
     .venv/bin/python bench/ingest_throughput.py [--images 2000] [--workers 1] [--port-base 45000]
+        [--search-during SECONDS]
 
 Images: 1 to 2 MP JPEGs (quality 90) generated offline, cached in .cache/bench-ingest: smooth colour fields,
 shapes and strokes with sensor-like noise, every one different (a throughput run, not a duplicate one).
 Ingest: one UploadImages stream, timed from its first byte to the operation's end. Stages: the workers'
 ``deeplens_ingest_stage_seconds`` histograms (mean seconds per image). Memory: peak RSS sampled every 0.5 s.
+With ``--search-during``, a second client searches by bytes (one of the images, one query at a time, one
+every SECONDS) while the ingest runs: the latency another tenant's users see while a bulk load runs.
 """
 
 from __future__ import annotations
@@ -145,6 +148,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="deeplens-worker processes")
     parser.add_argument("--port-base", type=int, default=45000)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument(
+        "--search-during", type=float, default=0.0, metavar="SECONDS", help="search by bytes every SECONDS of ingest"
+    )
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     t = time.perf_counter()
@@ -181,6 +187,20 @@ def main() -> None:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
+            during: list[float] = []
+
+            def search_during() -> None:
+                pick = np.random.default_rng(3)
+                with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=60) as searcher:
+                    while not sampling.wait(args.search_during):
+                        content = paths[int(pick.integers(0, len(paths)))].read_bytes()
+                        t = time.perf_counter()
+                        searcher.search_images("tenants/bench/collections/photos", image_content=content, top_k=10)
+                        during.append((time.perf_counter() - t) * 1000)
+
+            searching = threading.Thread(target=search_during, daemon=True)
+            if args.search_during > 0:
+                searching.start()
             with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=600) as client:
                 parent = "tenants/bench/collections/photos"
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -193,6 +213,8 @@ def main() -> None:
                 cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 sampling.set()
                 sampler.join()
+                if args.search_during > 0:
+                    searching.join()
                 rate = meta.succeeded / elapsed
                 print(f"ingest: {meta.succeeded} indexed, {meta.failed} failed, {meta.duplicates} duplicates; "
                       f"submitted in {submitted:.1f} s, done in {elapsed:.1f} s = {rate:.2f} images/s "
@@ -209,6 +231,10 @@ def main() -> None:
                 per_image = {k: (cpu_after[k] - cpu_before[k]) * 1000 / max(1, meta.succeeded) for k in cpu_after}
                 print("CPU per image by process: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per_image.items())
                       + f"; total {sum(per_image.values()):.0f} ms")  # fmt: skip
+                if len(during) >= 2:
+                    cuts, median = statistics.quantiles(during, n=100), statistics.median(during)
+                    print(f"search by bytes during the ingest ({len(during)}, one every {args.search_during:g} s): "
+                          f"p50 {median:.1f} ms, p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
                 print("peak RSS: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
 
                 rng = np.random.default_rng(2)
