@@ -34,6 +34,7 @@ from deeplens.v1 import resources_pb2
 from deeplens_server.imaging import ImageLimits, decode_image, model_input
 from deeplens_stack import Stack, StackConfig
 from PIL import Image, ImageDraw, ImageFilter
+from server_metrics import breakdown, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-ingest"
@@ -189,6 +190,9 @@ def main() -> None:
             sampler.start()
             during: list[float] = []
 
+            server_metrics = stack.config.endpoints["DEEPLENS_METRICS_LISTEN"]
+            parts_before = scrape(server_metrics)
+
             def search_during() -> None:
                 pick = np.random.default_rng(3)
                 with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=60) as searcher:
@@ -235,6 +239,8 @@ def main() -> None:
                     cuts, median = statistics.quantiles(during, n=100), statistics.median(during)
                     print(f"search by bytes during the ingest ({len(during)}, one every {args.search_during:g} s): "
                           f"p50 {median:.1f} ms, p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
+                    # PostgreSQL's share includes the ingest's own calls to the server (its operation polled).
+                    print("  " + breakdown(parts_before, scrape(server_metrics), statistics.mean(during)))
                 print("peak RSS: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
 
                 rng = np.random.default_rng(2)

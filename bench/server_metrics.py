@@ -1,0 +1,48 @@
+"""What the server spends a search on, from its own Prometheus histograms: shared by the benchmarks."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# What the server spends a search on, from its own Prometheus histograms (sum and count of each).
+_PARTS = {
+    "server": ("deeplens_rpc_duration_seconds", "SearchImages"),
+    "triton": ("deeplens_triton_infer_seconds", ""),
+    "milvus search": ("deeplens_milvus_seconds", "search"),
+    "milvus query": ("deeplens_milvus_seconds", "query"),
+    "postgres": ("deeplens_postgres_transaction_seconds", ""),
+}
+
+
+def scrape(listen: str) -> dict[str, tuple[float, float]]:
+    """(seconds, calls) of each of ``_PARTS`` so far, from the server's /metrics."""
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    totals = {part: [0.0, 0.0] for part in _PARTS}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for part, (metric, label) in _PARTS.items():
+                if family.name != metric or (label and not any(v.endswith(label) for v in sample.labels.values())):
+                    continue
+                if sample.name == metric + "_sum":
+                    totals[part][0] += sample.value
+                elif sample.name == metric + "_count":
+                    totals[part][1] += sample.value
+    return {part: (t[0], t[1]) for part, t in totals.items()}
+
+
+def breakdown(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], client_ms: float) -> str:
+    """Mean milliseconds per search of each part (and its calls per search, where not one), the rest of the
+    server's time, and the client's time outside the server."""
+    searches = after["server"][1] - before["server"][1]
+    if not searches:
+        return "no searches counted by the server"
+    mean = {p: (after[p][0] - before[p][0]) * 1000 / searches for p in _PARTS}
+    calls = {p: (after[p][1] - before[p][1]) / searches for p in _PARTS}
+    parts = [f"{p} {mean[p]:.1f}" + (f" ({calls[p]:.1f} calls)" if calls[p] not in (0.0, 1.0) else "")
+             for p in _PARTS if p != "server" and calls[p]]  # fmt: skip
+    rest = mean["server"] - sum(mean[p] for p in _PARTS if p != "server")
+    return (f"client {client_ms:.1f} = outside the server {client_ms - mean['server']:.1f} + server "
+            f"{mean['server']:.1f} = {' + '.join(parts)} + other {rest:.1f} ms (means)")  # fmt: skip
