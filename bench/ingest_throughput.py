@@ -34,7 +34,7 @@ from deeplens.v1 import resources_pb2
 from deeplens_server.imaging import ImageLimits, decode_image, model_input
 from deeplens_stack import Stack, StackConfig
 from PIL import Image, ImageDraw, ImageFilter
-from server_metrics import breakdown, scrape
+from server_metrics import breakdown, percentiles, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-ingest"
@@ -189,9 +189,8 @@ def main() -> None:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             during: list[float] = []
-
             server_metrics = stack.config.endpoints["DEEPLENS_METRICS_LISTEN"]
-            parts_before = scrape(server_metrics)
+            parts_before = scrape(server_metrics) if args.search_during > 0 else {}
 
             def search_during() -> None:
                 pick = np.random.default_rng(3)
@@ -236,9 +235,8 @@ def main() -> None:
                 print("CPU per image by process: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per_image.items())
                       + f"; total {sum(per_image.values()):.0f} ms")  # fmt: skip
                 if len(during) >= 2:
-                    cuts, median = statistics.quantiles(during, n=100), statistics.median(during)
                     print(f"search by bytes during the ingest ({len(during)}, one every {args.search_during:g} s): "
-                          f"p50 {median:.1f} ms, p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
+                          + percentiles(during))  # fmt: skip
                     # PostgreSQL's share includes the ingest's own calls to the server (its operation polled).
                     print("  " + breakdown(parts_before, scrape(server_metrics), statistics.mean(during)))
                 print("peak RSS: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
@@ -254,9 +252,7 @@ def main() -> None:
                     client.search_images(parent, image_name=f"{parent}/images/{p.stem}", top_k=10)
                     by_name.append((time.perf_counter() - t) * 1000)
                 for what, values in (("by bytes", by_bytes), ("by name", by_name)):
-                    cuts = statistics.quantiles(values, n=100)
-                    print(f"search {what} at {meta.succeeded} images: p50 {statistics.median(values):.1f} ms, "
-                          f"p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
+                    print(f"search {what} at {meta.succeeded} images: {percentiles(values)}")
         finally:
             stack.destroy()
 

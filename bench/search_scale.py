@@ -48,7 +48,7 @@ from pymilvus import AsyncMilvusClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
-from server_metrics import breakdown, scrape
+from server_metrics import breakdown, percentiles, scrape
 from vector_scale import served
 
 TENANT = "bench"
@@ -113,11 +113,6 @@ async def seed(stack: Stack, start: int, stop: int, rng: np.random.Generator) ->
         await index.close()
         await conn.close()
     return time.perf_counter() - began
-
-
-def percentiles(values: list[float]) -> str:
-    cuts = statistics.quantiles(values, n=100)
-    return f"p50 {statistics.median(values):6.1f} ms, p95 {cuts[94]:6.1f} ms, p99 {cuts[98]:6.1f} ms"
 
 
 def timed(call: Callable[[], object]) -> float:

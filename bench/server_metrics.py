@@ -1,7 +1,9 @@
-"""What the server spends a search on, from its own Prometheus histograms: shared by the benchmarks."""
+"""What the server spends a search on, from its own Prometheus histograms, and latency percentiles: shared by
+the benchmarks."""
 
 from __future__ import annotations
 
+import statistics
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,3 +48,9 @@ def breakdown(before: dict[str, tuple[float, float]], after: dict[str, tuple[flo
     rest = mean["server"] - sum(mean[p] for p in _PARTS if p != "server")
     return (f"client {client_ms:.1f} = outside the server {client_ms - mean['server']:.1f} + server "
             f"{mean['server']:.1f} = {' + '.join(parts)} + other {rest:.1f} ms (means)")  # fmt: skip
+
+
+def percentiles(values: list[float]) -> str:
+    """p50, p95 and p99 of latencies in milliseconds (at least two)."""
+    cuts = statistics.quantiles(values, n=100)
+    return f"p50 {statistics.median(values):6.1f} ms, p95 {cuts[94]:6.1f} ms, p99 {cuts[98]:6.1f} ms"
