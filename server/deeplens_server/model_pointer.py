@@ -18,7 +18,7 @@ import asyncpg
 from deeplens_server.db import scoped
 from deeplens_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
-_MODEL_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}@[0-9]{1,9}$")
+_MODEL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}@[0-9]{1,9}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from deeplens_server.errors import InvalidArgument
 
 # Tenant and collection ids follow AIP-122; image ids also allow upper case, '.' and '_' (client keys, hashes).
-_TENANT_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Matched whole (fullmatch): no anchors, and no "$" that would let a final newline through.
+_TENANT_ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 _COLLECTION_ID = _TENANT_ID
-_IMAGE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")
-_OPERATION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_IMAGE_ID = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+_OPERATION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 DEFAULT_COLLECTION = "default"
 

@@ -16,7 +16,7 @@ from deeplens_server.operation_store import OperationRecord
 
 POLL_MS = 5_000
 MIN_INTERVAL = 0.2
-_TOKEN = re.compile(r"^\d{1,20}-\d{1,20}$")
+_TOKEN = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _progress(record: OperationRecord) -> tuple[object, ...]:
