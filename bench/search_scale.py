@@ -218,10 +218,13 @@ def main() -> None:
                         rate, spread = concurrent(make, args.threads, args.seconds)
                         print(f"  search {what}, {args.threads} clients: {rate:6.1f} searches/s; {percentiles(spread)}")
                     print("  peak RSS so far: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
+                    before = scrape(metrics, "GetTenantStats")
                     stats = [timed(lambda: client.get_tenant_stats(TENANT)) for _ in range(3)]
+                    spent = breakdown(before, scrape(metrics, "GetTenantStats"), statistics.mean(stats))
                     counted = client.get_tenant_stats(TENANT)
                     print(f"  GetTenantStats: {statistics.median(stats):.0f} ms (median of 3; "
                           f"{counted.images:,} images, {counted.vectors:,} vectors)")  # fmt: skip
+                    print(f"    {spent}")
 
                 t = time.perf_counter()
                 op = client.wait_operation(client.upload_files(PARENT, [(p, p.stem) for p in paths]).name)

@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# What the server spends a search on, from its own Prometheus histograms (sum and count of each).
+# What the server spends an RPC call on (a search by default), from its Prometheus histograms (sum and count).
 _PARTS = {
     "server": ("deeplens_rpc_duration_seconds", "SearchImages"),
     "triton": ("deeplens_triton_infer_seconds", ""),
@@ -18,14 +18,16 @@ _PARTS = {
 }
 
 
-def scrape(listen: str) -> dict[str, tuple[float, float]]:
-    """(seconds, calls) of each of ``_PARTS`` so far, from the server's /metrics."""
+def scrape(listen: str, rpc: str = "SearchImages") -> dict[str, tuple[float, float]]:
+    """(seconds, calls) of each of ``_PARTS`` so far, from the server's /metrics; "server" is the time spent in
+    ``rpc``."""
     with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     totals = {part: [0.0, 0.0] for part in _PARTS}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             for part, (metric, label) in _PARTS.items():
+                label = rpc if part == "server" else label
                 if family.name != metric or (label and not any(v.endswith(label) for v in sample.labels.values())):
                     continue
                 if sample.name == metric + "_sum":
@@ -36,11 +38,11 @@ def scrape(listen: str) -> dict[str, tuple[float, float]]:
 
 
 def breakdown(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], client_ms: float) -> str:
-    """Mean milliseconds per search of each part (and its calls per search, where not one), the rest of the
-    server's time, and the client's time outside the server."""
+    """Mean milliseconds per call of the RPC ``scrape`` was given, for each part (and its calls per RPC call,
+    where not one), the rest of the server's time, and the client's time outside the server."""
     searches = after["server"][1] - before["server"][1]
     if not searches:
-        return "no searches counted by the server"
+        return "no calls counted by the server"
     mean = {p: (after[p][0] - before[p][0]) * 1000 / searches for p in _PARTS}
     calls = {p: (after[p][1] - before[p][1]) / searches for p in _PARTS}
     parts = [f"{p} {mean[p]:.1f}" + (f" ({calls[p]:.1f} calls)" if calls[p] not in (0.0, 1.0) else "")
