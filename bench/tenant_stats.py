@@ -116,6 +116,20 @@ async def maintain(dsn: str, command: str) -> float:
     return time.perf_counter() - began
 
 
+async def sizes(dsn: str) -> str:
+    """The images table's rows and its indexes, in MB."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname, pg_relation_size(c.oid) AS bytes FROM pg_class c "
+            "WHERE c.oid = 'images'::regclass OR c.oid IN (SELECT indexrelid FROM pg_index "
+            "WHERE indrelid = 'images'::regclass) ORDER BY c.relname"
+        )
+    finally:
+        await conn.close()
+    return ", ".join(f"{r['relname']} {r['bytes'] / 1e6:,.0f} MB" for r in rows)
+
+
 def timed(call: Callable[[], object]) -> float:
     began = time.perf_counter()
     call()
@@ -165,6 +179,7 @@ def main() -> None:
                               f"{statistics.median(report):.0f} ms (medians of 5; {counted.images:,} images, "
                               f"{counted.duplicate_groups:,} groups)")  # fmt: skip
                         print(f"  GetTenantStats: {spent}")
+                    print("sizes: " + asyncio.run(sizes(dsn)))
         finally:
             stack.destroy()
 

@@ -29,17 +29,24 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
         assert role is not None
         assert (role["rolsuper"], role["rolbypassrls"]) == (False, False)
 
-        tables = (
-            "images",
-            "operations",
-            "collections",
-            "api_keys",
-            "audit_events",
-            "tenants",
-            "duplicate_links",
-            "duplicate_groups",
+        # Every table that holds a tenant's rows is under a policy its owner cannot escape either.
+        tables = {
+            r["relname"]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace "
+                "AND (c.relname = 'tenants' OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
+                "AND a.attname = 'tenant_id' AND NOT a.attisdropped))"
+            )
+        }
+        assert {"images", "operation_items", "duplicate_groups", "storage_objects"} <= tables
+        exposed = await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relname = ANY($1::text[]) AND relnamespace = 'public'::regnamespace "
+            "AND NOT (relrowsecurity AND relforcerowsecurity AND EXISTS "
+            "(SELECT 1 FROM pg_policies p WHERE p.tablename = relname AND p.policyname = 'tenant_isolation'))",
+            sorted(tables),
         )
-        for table in tables:
+        assert [r["relname"] for r in exposed] == []
+        for table in sorted(tables):
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table  # no scope: nothing
 
         async with conn.transaction():
@@ -61,5 +68,15 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
             await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant_b)
             tags = [r["tags"] for r in await conn.fetch("SELECT tags FROM images")]
             assert tags == [[], []]
+            # Read by a parallel worker (the policies allow parallel plans), the scope holds there too.
+            await conn.execute("SET LOCAL debug_parallel_query = on")
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN SELECT tenant_id FROM images"))
+            assert "Gather" in plan
+            assert {r["tenant_id"] for r in await conn.fetch("SELECT tenant_id FROM images")} == {tenant_b}
+
+        async with conn.transaction():  # the platform scope sees every tenant's rows
+            await conn.execute("SELECT set_config('deeplens.scope', 'platform', true)")
+            owners = {r["tenant_id"] for r in await conn.fetch("SELECT tenant_id FROM images")}
+            assert {tenant_a, tenant_b} <= owners
     finally:
         await conn.close()

@@ -33,26 +33,37 @@ class TenantStats:
 
 async def tenant_stats(backend: Backend, tenant_id: str) -> TenantStats:
     models = await backend.tenant_models(tenant_id)
-    async with scoped(backend.repo.pool, tenant_id) as conn:
-        total = await duplicate_store.storage_total(conn, tenant_id, None)
-        groups = await conn.fetchval(
-            "SELECT count(*) FROM duplicate_groups WHERE tenant_id = $1 AND NOT resolved", tenant_id
-        )
-        states = await conn.fetch(
-            "SELECT state, count(*) AS n FROM operations WHERE tenant_id = $1 GROUP BY state", tenant_id
-        )
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM operation_items WHERE tenant_id = $1 AND state = $2", tenant_id, ITEM_PENDING
-        )
+
+    async def sums() -> tuple[duplicate_store.Usage, int, dict[int, int], int]:
+        async with scoped(backend.repo.pool, tenant_id) as conn:
+            total = await duplicate_store.storage_total(conn, tenant_id, None)
+            groups = await conn.fetchval(
+                "SELECT count(*) FROM duplicate_groups WHERE tenant_id = $1 AND NOT resolved", tenant_id
+            )
+            states = await conn.fetch(
+                "SELECT state, count(*) AS n FROM operations WHERE tenant_id = $1 GROUP BY state", tenant_id
+            )
+            # The state is written into the statement, not bound: a prepared statement's generic plan could not
+            # otherwise use the partial index of pending items (``operation_items_pending``, state = 1).
+            pending = await conn.fetchval(
+                f"SELECT count(*) FROM operation_items WHERE tenant_id = $1 AND state = {ITEM_PENDING:d}", tenant_id
+            )
+        return total, int(groups), {int(r["state"]): int(r["n"]) for r in states}, int(pending)
+
+    # The vector count is a second pass over the tenant's images where PostgreSQL answers it (Milvus Lite): on
+    # its own connection, at the same time.
+    (total, groups, states, pending), vectors = await asyncio.gather(
+        sums(), backend.vector_count(tenant_id, models.active)
+    )
     return TenantStats(
         images=total.images,
         bytes=total.bytes,
         duplicate_images=total.duplicate_images,
-        duplicate_groups=int(groups),
+        duplicate_groups=groups,
         reclaimable_bytes=total.reclaimable_bytes,
-        vectors=await backend.vector_count(tenant_id, models.active),
-        operations_by_state={int(r["state"]): int(r["n"]) for r in states},
-        pending_items=int(pending),
+        vectors=vectors,
+        operations_by_state=states,
+        pending_items=pending,
         queue_depth=await backend.queue.depth(),
         embedding_model=models.active,
         reindex_model=models.reindex,
