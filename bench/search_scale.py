@@ -48,7 +48,7 @@ from pymilvus import AsyncMilvusClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
-from server_metrics import breakdown, percentiles, scrape
+from server_metrics import breakdown, percentiles, scrape, timed
 from vector_scale import served
 
 TENANT = "bench"
@@ -113,12 +113,6 @@ async def seed(stack: Stack, start: int, stop: int, rng: np.random.Generator) ->
         await index.close()
         await conn.close()
     return time.perf_counter() - began
-
-
-def timed(call: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    call()
-    return (time.perf_counter() - t) * 1000
 
 
 def concurrent(calls: Callable[[int], Callable[[], object]], threads: int, seconds: float) -> tuple[float, list[float]]:

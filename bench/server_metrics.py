@@ -1,10 +1,12 @@
-"""What the server spends a search on, from its own Prometheus histograms, and latency percentiles: shared by
-the benchmarks."""
+"""What the server spends a search on, from its own Prometheus histograms, and latencies (one call's,
+percentiles): shared by the benchmarks."""
 
 from __future__ import annotations
 
 import statistics
+import time
 import urllib.request
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -56,3 +58,10 @@ def percentiles(values: list[float]) -> str:
     """p50, p95 and p99 of latencies in milliseconds (at least two)."""
     cuts = statistics.quantiles(values, n=100)
     return f"p50 {statistics.median(values):6.1f} ms, p95 {cuts[94]:6.1f} ms, p99 {cuts[98]:6.1f} ms"
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Milliseconds one call of ``call`` took."""
+    began = time.perf_counter()
+    call()
+    return (time.perf_counter() - began) * 1000

@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -35,7 +34,7 @@ from deeplens_stack import Stack, StackConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset
-from server_metrics import breakdown, scrape
+from server_metrics import breakdown, scrape, timed
 
 TENANT, OTHER = "bench", "other"
 COLLECTION = "photos"
@@ -128,12 +127,6 @@ async def sizes(dsn: str) -> str:
     finally:
         await conn.close()
     return ", ".join(f"{r['relname']} {r['bytes'] / 1e6:,.0f} MB" for r in rows)
-
-
-def timed(call: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    call()
-    return (time.perf_counter() - began) * 1000
 
 
 def main() -> None:
