@@ -13,11 +13,13 @@ Gaussian noise (cosine to it spread over ~0.45-0.9), so the index holds clusters
 photo library does. Ingesting 100k images through the pipeline would take hours on 2 cores; a search reads
 nothing that only ingest writes (thumbnails, duplicate links), so the seeded rows serve it like real ones.
 
-At each size: single searches one at a time — by image bytes (a real photo: decode, embed on Triton, ANN
-query, rows from PostgreSQL) and by image name (any image, seeded ones included: its stored vector, the ANN
-query, rows) — p50/p95/p99 over ``--queries``, and where the server's time went (means per search, from its
-/metrics: Triton, Milvus search and query, PostgreSQL transactions, the rest); then ``--threads`` clients at
-once for ``--seconds`` each way (searches/s and that phase's latency percentiles); peak RSS of the server and
+At each size: single searches one at a time, the ways taking turns — by image bytes (a real photo: decode,
+embed on Triton, ANN query, rows from PostgreSQL), by image name (any image, seeded ones included: its stored
+vector, the ANN query, rows), and by the bytes of a photo never ingested (``--unseen``: a real photo's vector is
+the centre that ~1/300 of the seeded images crowd around; an unseen photo's is no cluster's centre) —
+p50/p95/p99 over ``--queries``, and where the server's time went (means per search, from its /metrics: Triton,
+Milvus search and query, PostgreSQL transactions, the rest); then ``--threads`` clients at once for
+``--seconds`` by bytes and by name (searches/s and that phase's latency percentiles); peak RSS of the server and
 of the vector engine throughout.
 """
 
@@ -55,6 +57,7 @@ TENANT = "bench"
 COLLECTION = "photos"
 PARENT = f"tenants/{TENANT}/collections/{COLLECTION}"
 BATCH = 500
+NEW = "by bytes, unseen"
 _COPIED = "storage_uri, format, width, height, size_bytes, model, tags, exif, thumbnails, location_id, hash_variants"
 
 
@@ -163,6 +166,10 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=300, help="images ingested through the pipeline")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--unseen", type=int, default=30,
+        help="generated photos never ingested, searched by bytes as a third way (0: none)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--port-base", type=int, default=45000)
     parser.add_argument(
@@ -201,14 +208,25 @@ def main() -> None:
                 _, secret = admin.create_api_key(TENANT, resources_pb2.ROLE_EDITOR)
             with DeepLensClient(stack.config.grpc_target, api_key=secret, timeout=600) as client:
 
-                def measure(*ways: Callable[[int], Callable[[], object]]) -> None:
+                def measure(ways: dict[str, Callable[[int], Callable[[], object]]]) -> None:
                     metrics = stack.config.endpoints["DEEPLENS_METRICS_LISTEN"]
-                    for what, make in zip(("by bytes", "by name "), ways, strict=True):
-                        before = scrape(metrics)
-                        single = [timed(make(i)) for i in picks]
-                        print(f"  search {what}, one at a time:  {percentiles(single)}")
-                        print(f"    {breakdown(before, scrape(metrics), statistics.mean(single))}")
-                    for what, make in zip(("by bytes", "by name "), ways, strict=True):
+                    single: dict[str, list[float]] = {what: [] for what in ways}
+                    last = scrape(metrics)
+                    spent = {what: dict.fromkeys(last, (0.0, 0.0)) for what in ways}
+                    for i in picks:  # the ways take turns, so that each meets the engine in the same state
+                        for what, make in ways.items():
+                            single[what].append(timed(make(i)))
+                            now = scrape(metrics)  # the server's time between two scrapes is this one search's
+                            spent[what] = {k: (t + now[k][0] - last[k][0], n + now[k][1] - last[k][1])
+                                           for k, (t, n) in spent[what].items()}  # fmt: skip
+                            last = now
+                    for what in ways:
+                        print(f"  search {what}, one at a time:  {percentiles(single[what])}")
+                        zero = dict.fromkeys(last, (0.0, 0.0))
+                        print(f"    {breakdown(zero, spent[what], statistics.mean(single[what]))}")
+                    for what, make in ways.items():
+                        if what == NEW:
+                            continue  # the same path as by bytes; its single searches are what differ
                         rate, spread = concurrent(make, args.threads, args.seconds)
                         print(f"  search {what}, {args.threads} clients: {rate:6.1f} searches/s; {percentiles(spread)}")
                     print("  peak RSS so far: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in peak.items()))
@@ -225,6 +243,7 @@ def main() -> None:
                 meta = operation_metadata(op)
                 print(f"{meta.succeeded} photos ingested through the pipeline in {time.perf_counter() - t:.0f} s")
                 contents = [p.read_bytes() for p in paths]
+                unseen = [p.read_bytes() for p in dataset(args.real + args.unseen)[args.real :]]
                 indexed = meta.succeeded
                 for size in sorted(args.sizes):
                     if size > indexed:
@@ -245,13 +264,19 @@ def main() -> None:
                     def by_name(i: int, names: list[str] = names) -> Callable[[], object]:
                         return lambda: client.search_images(PARENT, image_name=names[i % len(names)])
 
+                    def by_new(i: int) -> Callable[[], object]:
+                        return lambda: client.search_images(PARENT, image_content=unseen[i % len(unseen)])
+
+                    ways = {"by bytes": by_bytes, "by name ": by_name}
+                    if unseen:
+                        ways[NEW] = by_new
                     by_name(0)()  # the first query after a load waits for the engine to catch up
                     print(f"at {indexed:,} images (top 10):")
-                    measure(by_bytes, by_name)
+                    measure(ways)
                     if args.sealed and stack.config.milvus_engine == "standalone":
                         waited = asyncio.run(settle(stack, rows=indexed))
                         print(f"at {indexed:,} images, every row sealed and indexed ({waited:.0f} s later):")
-                        measure(by_bytes, by_name)
+                        measure(ways)
             stop_sampling.set()
             sampler.join()
         finally:

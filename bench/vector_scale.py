@@ -13,8 +13,8 @@ segments and indexing them again, which ``--settle`` waits out; ``--index-after-
 load is flushed; ``--attach URI`` measures a server an earlier run loaded, whose dataset it generates again from the
 same seed), search latency p50/p95/p99 (one tenant-filtered query at a time, top 10, the way SearchImages asks; a
 search visits every segment of the tenant's partition, so ``--tenants 1`` and ``--segment-mb`` show what segment
-size costs), the throughput of 8 concurrent searchers, recall@10 against exact search within the tenant, and the
-engine's RSS.
+size costs), the throughput of 8 concurrent searchers, the latency of queries near a stored point against queries at
+a cluster's centre (alternating), recall@10 of both against exact search within the tenant, and the engine's RSS.
 Vectors (``--data``): L2-normalised points around 2,000 random centres (photos cluster; uniform noise would
 flatter HNSW), or ``photos``: search_scale.py's seeded look-alikes, crowded in one cone as CNN features are.
 """
@@ -89,11 +89,12 @@ def start(engine: str, home: Path, settings: dict[str, str]) -> tuple[subprocess
     return proc, f"http://127.0.0.1:{port}"
 
 
-def dataset(n: int, tenants: int, seed: int = 0, kind: str = "centres") -> tuple[np.ndarray, np.ndarray]:
-    """``n`` unit vectors and the tenant of each. ``centres``: points around 2,000 random centres. ``photos``:
-    search_scale.py's seeding: 300 source vectors that share a common non-negative part (mean cosine between
-    two ~0.7, as pooled CNN features of unrelated photos are alike), each point a source moved by Gaussian noise
-    (cosine to it ~0.45-0.9). The second is the harder one for an IVF index: its points crowd one cone."""
+def dataset(n: int, tenants: int, seed: int = 0, kind: str = "centres") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` unit vectors, the tenant of each, and the centres they were drawn around (unit length). ``centres``:
+    points around 2,000 random centres. ``photos``: search_scale.py's seeding: 300 source vectors that share a
+    common non-negative part (mean cosine between two ~0.7, as pooled CNN features of unrelated photos are alike),
+    each point a source moved by Gaussian noise (cosine to it ~0.45-0.9). The second is the harder one for an IVF
+    index: its points crowd one cone."""
     rng = np.random.default_rng(seed)
     if kind == "photos":
         common = np.maximum(rng.standard_normal(DIM), 0) ** 2
@@ -118,7 +119,7 @@ def dataset(n: int, tenants: int, seed: int = 0, kind: str = "centres") -> tuple
         vectors[lo:hi] = centres[which[lo:hi]] + noise
         vectors[lo:hi] /= np.linalg.norm(vectors[lo:hi], axis=1, keepdims=True)
     owner = rng.integers(0, tenants, n)
-    return vectors, owner
+    return vectors, owner, centres / np.linalg.norm(centres, axis=1, keepdims=True)
 
 
 def _record(i: int, vector: np.ndarray) -> VectorRecord:
@@ -184,7 +185,7 @@ async def run(args: argparse.Namespace) -> None:
         await index.open()
         await index.ensure(MODEL, DIM)
         name = index.collection(MODEL)
-        vectors, owner = dataset(args.vectors, args.tenants, kind=args.data)
+        vectors, owner, centres = dataset(args.vectors, args.tenants, kind=args.data)
         client = index._client
         assert client is not None
         pid = proc.pid if proc is not None else _oldest("milvus run")
@@ -214,7 +215,7 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"no index work pending after {time.perf_counter() - started:.1f} s")
         if args.engine == "standalone":
             await asyncio.to_thread(served, uri, name, 600 if args.settle else 0)
-        await measure(args, index, vectors, owner)
+        await measure(args, index, vectors, owner, centres)
         print(f"engine RSS: {rss_mb(pid):,.0f} MB")
         await index.close()
     finally:
@@ -248,13 +249,43 @@ async def load(
         await index._client.flush(name)
 
 
-async def measure(args: argparse.Namespace, index: VectorIndex, vectors: np.ndarray, owner: np.ndarray) -> None:
+def _exact(vectors: np.ndarray, owner: np.ndarray, queries: list[tuple[str, np.ndarray, int]]) -> list[set[str]]:
+    """The true top 10 of each query within its tenant, by brute force over the vectors in slices."""
+    q = np.stack([v for _, v, _ in queries])
+    tenant = np.array([t for _, _, t in queries])
+    best = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    ids = np.zeros((len(queries), 10), dtype=np.int64)
+    for lo in range(0, len(vectors), 50_000):
+        hi = min(len(vectors), lo + 50_000)
+        scores = q @ vectors[lo:hi].T
+        scores[owner[lo:hi][np.newaxis, :] != tenant[:, np.newaxis]] = -np.inf
+        both = np.concatenate([best, scores], axis=1)
+        both_ids = np.concatenate([ids, np.broadcast_to(np.arange(lo, hi), scores.shape)], axis=1)
+        top = np.argpartition(-both, 10, axis=1)[:, :10]
+        best, ids = np.take_along_axis(both, top, axis=1), np.take_along_axis(both_ids, top, axis=1)
+    return [{f"i{i}" for i in row} for row in ids]
+
+
+def _cuts(latencies: list[float]) -> str:
+    cuts = statistics.quantiles(latencies, n=100)
+    return f"p50 {statistics.median(latencies):.1f} ms, p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms"
+
+
+async def measure(
+    args: argparse.Namespace, index: VectorIndex, vectors: np.ndarray, owner: np.ndarray, centres: np.ndarray
+) -> None:
     rng = np.random.default_rng(1)
     queries = []
     for _ in range(args.queries):
         i = int(rng.integers(0, len(vectors)))
         q = vectors[i] + 0.05 * rng.standard_normal(DIM).astype(np.float32)
         queries.append((f"t{owner[i]}", q / np.linalg.norm(q), int(owner[i])))
+    # A centre itself: what a search by bytes of one of search_scale.py's real photos asks, the point its seeded
+    # look-alikes crowd around (every centre holds ~n / len(centres) of them, at cosine ~0.45-0.9).
+    at_centres = []
+    for _ in range(args.queries):
+        t = int(rng.integers(0, args.tenants))
+        at_centres.append((f"t{t}", centres[int(rng.integers(0, len(centres)))], t))
     for level in ("Bounded", "Strong"):
         index._search_consistency = level  # both read modes on the same data, side by side
         for tenant, q, _ in queries[:5]:  # warm-up
@@ -264,10 +295,7 @@ async def measure(args: argparse.Namespace, index: VectorIndex, vectors: np.ndar
             t = time.perf_counter()
             await index.search(tenant, q, model=MODEL, limit=10)
             latencies.append((time.perf_counter() - t) * 1000)
-        cuts = statistics.quantiles(latencies, n=100)
-        p50 = statistics.median(latencies)
-        print(f"search, {level} reads (top 10, tenant filter, one at a time): p50 {p50:.1f} ms, "
-              f"p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms")  # fmt: skip
+        print(f"search, {level} reads (top 10, tenant filter, one at a time): {_cuts(latencies)}")
 
         async def searcher(share: list[tuple[str, np.ndarray, int]]) -> None:
             for tenant, q, _ in share:
@@ -277,21 +305,29 @@ async def measure(args: argparse.Namespace, index: VectorIndex, vectors: np.ndar
         await asyncio.gather(*(searcher(queries[k::8]) for k in range(8)))
         print(f"  8 concurrent searchers, {level}: {len(queries) / (time.perf_counter() - started):.0f} searches/s")
 
-    exact = []
-    for _, q, tenant in queries[:100]:
-        mine = np.flatnonzero(owner == tenant)
-        exact.append({f"i{i}" for i in mine[np.argsort(-(vectors[mine] @ q))[:10]]})
     index._search_consistency = "Bounded"
+    near_member: list[float] = []
+    at_centre: list[float] = []
+    for member, centre in zip(queries, at_centres, strict=True):  # alternating, so both see the same machine
+        for (tenant, q, _), into in ((member, near_member), (centre, at_centre)):
+            t = time.perf_counter()
+            await index.search(tenant, q, model=MODEL, limit=10)
+            into.append((time.perf_counter() - t) * 1000)
+    print(f"alternating, Bounded: near a point {_cuts(near_member)}; at a centre {_cuts(at_centre)}")
+
+    sets = {"near a point": queries[:100], "at a centre": at_centres[:100]}
+    exact = {what: _exact(vectors, owner, qs) for what, qs in sets.items()}
     for ef in args.ef:
         index.search_ef = ef
-        latencies, recall = [], []
-        for (tenant, q, _), truth in zip(queries[:100], exact, strict=True):
-            t = time.perf_counter()
-            found = await index.search(tenant, q, model=MODEL, limit=10)
-            latencies.append((time.perf_counter() - t) * 1000)
-            recall.append(len(truth & {h.image_id for h in found}) / 10)
-        print(f"HNSW ef {ef:>3}: recall@10 {statistics.mean(recall):.3f} against exact search within the tenant, "
-              f"p50 {statistics.median(latencies):.1f} ms (Bounded)")  # fmt: skip
+        for what, qs in sets.items():
+            latencies, recall = [], []
+            for (tenant, q, _), truth in zip(qs, exact[what], strict=True):
+                t = time.perf_counter()
+                found = await index.search(tenant, q, model=MODEL, limit=10)
+                latencies.append((time.perf_counter() - t) * 1000)
+                recall.append(len(truth & {h.image_id for h in found}) / 10)
+            print(f"HNSW ef {ef:>3}, {what:>12}: recall@10 {statistics.mean(recall):.3f} against exact search "
+                  f"within the tenant, p50 {statistics.median(latencies):.1f} ms (Bounded)")  # fmt: skip
 
 
 def main() -> None:
