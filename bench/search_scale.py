@@ -220,9 +220,9 @@ def main() -> None:
                             spent[what] = {k: (t + now[k][0] - last[k][0], n + now[k][1] - last[k][1])
                                            for k, (t, n) in spent[what].items()}  # fmt: skip
                             last = now
+                    zero = dict.fromkeys(last, (0.0, 0.0))
                     for what in ways:
                         print(f"  search {what}, one at a time:  {percentiles(single[what])}")
-                        zero = dict.fromkeys(last, (0.0, 0.0))
                         print(f"    {breakdown(zero, spent[what], statistics.mean(single[what]))}")
                     for what, make in ways.items():
                         if what == NEW:

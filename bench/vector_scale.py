@@ -47,6 +47,7 @@ from deeplens_stack.stack import MILVUS_LITE_MEMTABLE_BYTES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import cpu_seconds, rss_mb  # noqa: E402
+from server_metrics import percentiles  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
 MODEL = "bench@1"
@@ -266,11 +267,6 @@ def _exact(vectors: np.ndarray, owner: np.ndarray, queries: list[tuple[str, np.n
     return [{f"i{i}" for i in row} for row in ids]
 
 
-def _cuts(latencies: list[float]) -> str:
-    cuts = statistics.quantiles(latencies, n=100)
-    return f"p50 {statistics.median(latencies):.1f} ms, p95 {cuts[94]:.1f} ms, p99 {cuts[98]:.1f} ms"
-
-
 async def measure(
     args: argparse.Namespace, index: VectorIndex, vectors: np.ndarray, owner: np.ndarray, centres: np.ndarray
 ) -> None:
@@ -295,7 +291,7 @@ async def measure(
             t = time.perf_counter()
             await index.search(tenant, q, model=MODEL, limit=10)
             latencies.append((time.perf_counter() - t) * 1000)
-        print(f"search, {level} reads (top 10, tenant filter, one at a time): {_cuts(latencies)}")
+        print(f"search, {level} reads (top 10, tenant filter, one at a time): {percentiles(latencies)}")
 
         async def searcher(share: list[tuple[str, np.ndarray, int]]) -> None:
             for tenant, q, _ in share:
@@ -313,7 +309,7 @@ async def measure(
             t = time.perf_counter()
             await index.search(tenant, q, model=MODEL, limit=10)
             into.append((time.perf_counter() - t) * 1000)
-    print(f"alternating, Bounded: near a point {_cuts(near_member)}; at a centre {_cuts(at_centre)}")
+    print(f"alternating, Bounded: near a point {percentiles(near_member)}; at a centre {percentiles(at_centre)}")
 
     sets = {"near a point": queries[:100], "at a centre": at_centres[:100]}
     exact = {what: _exact(vectors, owner, qs) for what, qs in sets.items()}
