@@ -47,6 +47,7 @@ from deeplens_stack.stack import MILVUS_LITE_MEMTABLE_BYTES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import cpu_seconds, rss_mb  # noqa: E402
+from milvus_metrics import Traced, cpu, grew, report, scrape  # noqa: E402
 from server_metrics import percentiles  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*ORM-style")  # segment info has no MilvusClient call yet
@@ -216,7 +217,7 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"no index work pending after {time.perf_counter() - started:.1f} s")
         if args.engine == "standalone":
             await asyncio.to_thread(served, uri, name, 600 if args.settle else 0)
-        await measure(args, index, vectors, owner, centres)
+        await measure(args, index, vectors, owner, centres, pid)
         print(f"engine RSS: {rss_mb(pid):,.0f} MB")
         await index.close()
     finally:
@@ -268,7 +269,12 @@ def _exact(vectors: np.ndarray, owner: np.ndarray, queries: list[tuple[str, np.n
 
 
 async def measure(
-    args: argparse.Namespace, index: VectorIndex, vectors: np.ndarray, owner: np.ndarray, centres: np.ndarray
+    args: argparse.Namespace,
+    index: VectorIndex,
+    vectors: np.ndarray,
+    owner: np.ndarray,
+    centres: np.ndarray,
+    pid: int,
 ) -> None:
     rng = np.random.default_rng(1)
     queries = []
@@ -310,6 +316,8 @@ async def measure(
             await index.search(tenant, q, model=MODEL, limit=10)
             into.append((time.perf_counter() - t) * 1000)
     print(f"alternating, Bounded: near a point {percentiles(near_member)}; at a centre {percentiles(at_centre)}")
+    if args.engine == "standalone" and args.trace:
+        await trace(index, pid, [q for pair in zip(queries, at_centres, strict=True) for q in pair][: args.trace])
 
     sets = {"near a point": queries[:100], "at a centre": at_centres[:100]}
     exact = {what: _exact(vectors, owner, qs) for what, qs in sets.items()}
@@ -324,6 +332,24 @@ async def measure(
                 recall.append(len(truth & {h.image_id for h in found}) / 10)
             print(f"HNSW ef {ef:>3}, {what:>12}: recall@10 {statistics.mean(recall):.3f} against exact search "
                   f"within the tenant, p50 {statistics.median(latencies):.1f} ms (Bounded)")  # fmt: skip
+
+
+async def trace(index: VectorIndex, pid: int, queries: list[tuple[str, np.ndarray, int]]) -> None:
+    """Bounded searches one at a time, Milvus's own metrics scraped before and after each: which of its stages
+    (proxy, query node queue, tsafe wait, segment search, reduce) a slow search spends its time in, and whether Go
+    collected garbage meanwhile, and which of its threads (and what else on the host) took CPU."""
+    listen = f"127.0.0.1:{PORT_BASE + milvus_server.METRICS_OFFSET}"
+    traced = []
+    for tenant, q, _ in queries:
+        before = await asyncio.to_thread(scrape, listen) | cpu(pid)
+        t = time.perf_counter()
+        await index.search(tenant, q, model=MODEL, limit=10)
+        took = (time.perf_counter() - t) * 1000
+        traced.append(Traced(took, grew(before, cpu(pid) | await asyncio.to_thread(scrape, listen))))
+    latencies = [t.client_ms for t in traced]
+    print(f"traced, Bounded (Milvus's metrics scraped around each search): {percentiles(latencies)}")
+    for line in report(traced, slow_ms=max(50.0, statistics.quantiles(latencies, n=100)[94])):
+        print(line)
 
 
 def main() -> None:
@@ -344,6 +370,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                         help="standalone: another milvus.yaml value (a dotted path)")  # fmt: skip
     parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (--index-after-load)")
+    parser.add_argument("--trace", type=int, default=200,
+                        help="standalone: searches traced through Milvus's own metrics (0: none)")  # fmt: skip
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256], help="HNSW ef values to compare")
     asyncio.run(run(parser.parse_args()))
 
