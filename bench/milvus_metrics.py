@@ -62,8 +62,10 @@ def cpu(pid: int) -> dict[str, float]:
 
 @dataclass
 class Traced:
-    """One search: what the client waited, and what each of Milvus's totals grew by meanwhile."""
+    """One search: when it began (seconds into the pass), what the client waited, and what each of Milvus's totals
+    grew by meanwhile."""
 
+    at: float
     client_ms: float
     grew: dict[str, float]
 
@@ -74,7 +76,7 @@ def grew(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
 
 def report(traced: list[Traced], slow_ms: float) -> list[str]:
     """Lines: each stage's mean per search over all searches and over those slower than ``slow_ms``, and the
-    slowest five searches with their largest stages."""
+    slowest eight searches with their largest stages."""
     slow = [t for t in traced if t.client_ms > slow_ms]
     keys = sorted({k for t in traced for k in t.grew}, key=lambda k: -sum(t.grew.get(k, 0.0) for t in traced))
     lines = [f"{len(traced)} searches, {len(slow)} slower than {slow_ms:.0f} ms; mean per search, all / slow ones:",
@@ -84,9 +86,9 @@ def report(traced: list[Traced], slow_ms: float) -> list[str]:
         every = statistics.mean(t.grew.get(k, 0.0) for t in traced)
         of_slow = f"{statistics.mean(t.grew.get(k, 0.0) for t in slow):9.2f}" if slow else ""
         lines.append(f"  {k[:70]:<70} {every:9.2f} {of_slow}")
-    for t in sorted(traced, key=lambda t: -t.client_ms)[:5]:
+    for t in sorted(traced, key=lambda t: -t.client_ms)[:8]:
         top = sorted(((v, k) for k, v in t.grew.items() if k not in _SHOWN and " CPU s" not in k), reverse=True)[:4]
         counters = ", ".join(f"{k} {v:.2f}" for k, v in t.grew.items() if k in _SHOWN or " CPU s" in k)
-        lines.append(f"  slow search {t.client_ms:.1f} ms: " + "; ".join(f"{k} {v:.1f}" for v, k in top)
-                     + f" ({counters})")  # fmt: skip
+        stages = "; ".join(f"{k} {v:.1f}" for v, k in top)
+        lines.append(f"  slow search at {t.at:.1f} s, {t.client_ms:.1f} ms: {stages} ({counters})")
     return lines

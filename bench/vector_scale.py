@@ -340,12 +340,14 @@ async def trace(index: VectorIndex, pid: int, queries: list[tuple[str, np.ndarra
     collected garbage meanwhile, and which of its threads (and what else on the host) took CPU."""
     listen = f"127.0.0.1:{PORT_BASE + milvus_server.METRICS_OFFSET}"
     traced = []
+    began = time.time()
+    print(f"traced pass begins at {began:.3f} (Unix time)")
     for tenant, q, _ in queries:
         before = await asyncio.to_thread(scrape, listen) | cpu(pid)
-        t = time.perf_counter()
+        at, t = time.time() - began, time.perf_counter()
         await index.search(tenant, q, model=MODEL, limit=10)
         took = (time.perf_counter() - t) * 1000
-        traced.append(Traced(took, grew(before, cpu(pid) | await asyncio.to_thread(scrape, listen))))
+        traced.append(Traced(at, took, grew(before, cpu(pid) | await asyncio.to_thread(scrape, listen))))
     latencies = [t.client_ms for t in traced]
     print(f"traced, Bounded (Milvus's metrics scraped around each search): {percentiles(latencies)}")
     for line in report(traced, slow_ms=max(50.0, statistics.quantiles(latencies, n=100)[94])):
