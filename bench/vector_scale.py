@@ -166,6 +166,28 @@ def served(uri: str, name: str, timeout: float = 600, rows: int = 0) -> None:
           f"rows {rows}")  # fmt: skip
 
 
+def stable(uri: str, name: str, quiet_s: float) -> None:
+    """Waits until the query node has served the same segments, all indexed, for ``quiet_s`` seconds. Once the
+    last index is built, the data coordinator's next compaction round (every 60 s on 2.3) merges a partition's
+    small last segment into another one, whose index is then built again: searches measured meanwhile share
+    the 2 cores with that merge and build."""
+    connections.connect(alias="stable", uri=uri)
+    client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+    try:
+        seen: frozenset[int] = frozenset()
+        since = time.monotonic()
+        while time.monotonic() - since < quiet_s:
+            segments = utility.get_query_segment_info(name, using="stable")
+            now = frozenset(s.segmentID for s in segments)
+            pending = int(client.describe_index(name, "embedding").get("pending_index_rows", 0))
+            if now != seen or pending:
+                seen, since = now, time.monotonic()
+            time.sleep(5)
+    finally:
+        connections.disconnect("stable")
+        client.close()
+
+
 def _load(uri: str, name: str) -> None:
     client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
     client.load_collection(name, timeout=3600)
@@ -215,6 +237,9 @@ async def run(args: argparse.Namespace) -> None:
                 while int((await client.describe_index(name, "embedding")).get("pending_index_rows", 0)):  # noqa: ASYNC110
                     await asyncio.sleep(1)
                 print(f"no index work pending after {time.perf_counter() - started:.1f} s")
+                await asyncio.to_thread(stable, uri, name, args.settle_s)
+                print(f"segments unchanged for {args.settle_s} s and no index work pending after "
+                      f"{time.perf_counter() - started:.1f} s")  # fmt: skip
         if args.engine == "standalone":
             await asyncio.to_thread(served, uri, name, 600 if args.settle else 0)
         await measure(args, index, vectors, owner, centres, pid)
@@ -365,6 +390,8 @@ def main() -> None:
                         help="standalone: drop the index before the load, build it after the flush")  # fmt: skip
     parser.add_argument("--attach", metavar="URI", help="measure a server a run before loaded (same arguments)")
     parser.add_argument("--settle", action="store_true", help="standalone: wait until no index build is pending")
+    parser.add_argument("--settle-s", type=float, default=180,
+                        help="--settle: then wait until the segments served stay the same this long")  # fmt: skip
     parser.add_argument("--no-flush", action="store_true", help="standalone: leave the last segment growing")
     parser.add_argument("--data", choices=("centres", "photos"), default="centres", help="the vectors (see dataset)")
     parser.add_argument("--keep", action="store_true", help="keep the engine's data directory (it is printed)")
