@@ -168,7 +168,7 @@ def served(uri: str, name: str, timeout: float = 600, rows: int = 0) -> None:
 
 def stable(uri: str, name: str, quiet_s: float) -> None:
     """Waits until the query node has served the same segments, all indexed, for ``quiet_s`` seconds. Once the
-    last index is built, the data coordinator's next compaction round (every 60 s on 2.3) merges a partition's
+    last index is built, the data coordinator's next compaction round merges a partition's
     small last segment into another one, whose index is then built again: searches measured meanwhile share
     the 2 cores with that merge and build."""
     connections.connect(alias="stable", uri=uri)
