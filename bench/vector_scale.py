@@ -32,7 +32,10 @@ import tempfile
 import time
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pymilvus import MilvusClient, connections, utility
@@ -146,21 +149,28 @@ def _create_index(uri: str, name: str, ef_construction: int) -> None:
     client.close()
 
 
+@contextmanager
+def _query_segments(uri: str, name: str, alias: str) -> Iterator[Callable[[], list[Any]]]:
+    """A call listing the segments the query node serves for collection ``name`` (growing ones are not listed)."""
+    connections.connect(alias=alias, uri=uri)
+    try:
+        yield lambda: list(utility.get_query_segment_info(name, using=alias))
+    finally:
+        connections.disconnect(alias)
+
+
 def served(uri: str, name: str, timeout: float = 600, rows: int = 0) -> None:
     """Waits until the query node serves every segment of collection ``name`` sealed and indexed, and ``rows``
     rows in them (growing segments are not listed), at most ``timeout`` seconds; prints their sizes."""
-    connections.connect(alias="served", uri=uri)
     deadline = time.monotonic() + timeout
-    try:
+    with _query_segments(uri, name, "served") as listed:
         while True:
-            segments = utility.get_query_segment_info(name, using="served")
+            segments = listed()
             waiting = [s for s in segments if s.state != SegmentState.Sealed or not s.index_name]
             short = sum(s.num_rows for s in segments) < rows
             if (not waiting and not short) or time.monotonic() > deadline:
                 break
             time.sleep(5)
-    finally:
-        connections.disconnect("served")
     rows = sorted(s.num_rows for s in segments)
     print(f"{name}: the query node serves {len(segments)} segments ({len(waiting)} not yet sealed and indexed), "
           f"rows {rows}")  # fmt: skip
@@ -171,20 +181,18 @@ def stable(uri: str, name: str, quiet_s: float) -> None:
     last index is built, the data coordinator's next compaction round merges a partition's
     small last segment into another one, whose index is then built again: searches measured meanwhile share
     the 2 cores with that merge and build."""
-    connections.connect(alias="stable", uri=uri)
     client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
     try:
-        seen: frozenset[int] = frozenset()
-        since = time.monotonic()
-        while time.monotonic() - since < quiet_s:
-            segments = utility.get_query_segment_info(name, using="stable")
-            now = frozenset(s.segmentID for s in segments)
-            pending = int(client.describe_index(name, "embedding").get("pending_index_rows", 0))
-            if now != seen or pending:
-                seen, since = now, time.monotonic()
-            time.sleep(5)
+        with _query_segments(uri, name, "stable") as listed:
+            seen: frozenset[int] = frozenset()
+            since = time.monotonic()
+            while time.monotonic() - since < quiet_s:
+                now = frozenset(s.segmentID for s in listed())
+                pending = int(client.describe_index(name, "embedding").get("pending_index_rows", 0))
+                if now != seen or pending:
+                    seen, since = now, time.monotonic()
+                time.sleep(5)
     finally:
-        connections.disconnect("stable")
         client.close()
 
 
