@@ -51,7 +51,7 @@ from pymilvus import AsyncMilvusClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import dataset, rss_mb
 from server_metrics import breakdown, percentiles, scrape, timed
-from vector_scale import served
+from vector_scale import served, stable
 
 TENANT = "bench"
 COLLECTION = "photos"
@@ -139,9 +139,11 @@ def concurrent(calls: Callable[[int], Callable[[], object]], threads: int, secon
     return len(flat) / (time.perf_counter() - began), flat
 
 
-async def settle(stack: Stack, rows: int = 0) -> float:
-    """A Milvus server: waits until every collection's rows are indexed and no rebuild is pending, and with
-    ``rows``, until that many rows are in sealed segments (seconds)."""
+async def settle(stack: Stack, rows: int = 0, quiet_s: float = 0) -> float:
+    """A Milvus server: waits until every collection's rows are indexed and no rebuild is pending; with
+    ``rows``, until that many rows are in sealed segments; with ``quiet_s``, until each collection's served
+    segments have stayed the same for that long, so that no merge or re-index runs beside the searches
+    (seconds)."""
     client = AsyncMilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], grpc_options=GRPC_OPTIONS)
     began = time.perf_counter()
     try:
@@ -153,8 +155,13 @@ async def settle(stack: Stack, rows: int = 0) -> float:
                 if built and not int(state.get("pending_index_rows", 0)):
                     break
                 await asyncio.sleep(5)
+        uri = stack.config.endpoints["DEEPLENS_MILVUS_URI"]
         for name in await client.list_collections():
-            await asyncio.to_thread(served, stack.config.endpoints["DEEPLENS_MILVUS_URI"], name, 1800, rows)
+            await asyncio.to_thread(served, uri, name, 1800, rows)
+        if quiet_s:
+            for name in await client.list_collections():
+                field = "colour" if name.startswith("colours") else "embedding"
+                await asyncio.to_thread(stable, uri, name, quiet_s, field)
     finally:
         await client.close()
     return time.perf_counter() - began
@@ -176,6 +183,11 @@ def main() -> None:
         "--sealed", action="store_true",
         help="measure once more after every row is in a sealed, indexed segment (a segment seals when full or "
         "when idle for dataCoord.segment.maxIdleTime)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--settle-s", type=float, default=180.0,
+        help="with --sealed, also wait until every collection's served segments have stayed the same this long "
+        "(the tail merge and its re-index are over); 0: do not wait",
     )  # fmt: skip
     args = parser.parse_args()
     engine = os.environ.get("DEEPLENS_STACK_MILVUS", "lite")
@@ -274,8 +286,9 @@ def main() -> None:
                     print(f"at {indexed:,} images (top 10):")
                     measure(ways)
                     if args.sealed and stack.config.milvus_engine == "standalone":
-                        waited = asyncio.run(settle(stack, rows=indexed))
-                        print(f"at {indexed:,} images, every row sealed and indexed ({waited:.0f} s later):")
+                        waited = asyncio.run(settle(stack, rows=indexed, quiet_s=args.settle_s))
+                        print(f"at {indexed:,} images, every row sealed and indexed, the segments unchanged for "
+                              f"{args.settle_s:.0f} s ({waited:.0f} s later):")  # fmt: skip
                         measure(ways)
             stop_sampling.set()
             sampler.join()

@@ -176,24 +176,26 @@ def served(uri: str, name: str, timeout: float = 600, rows: int = 0) -> None:
           f"rows {rows}")  # fmt: skip
 
 
-def stable(uri: str, name: str, quiet_s: float) -> None:
-    """Waits until the query node has served the same segments, all indexed, for ``quiet_s`` seconds. Once the
-    last index is built, the data coordinator's next compaction round merges a partition's
-    small last segment into another one, whose index is then built again: searches measured meanwhile share
-    the 2 cores with that merge and build."""
+def stable(uri: str, name: str, quiet_s: float, field: str = "embedding") -> float:
+    """Waits until the query node has served the same segments, all indexed on ``field``, for ``quiet_s``
+    seconds; returns the seconds waited. Once the last index is built, the data coordinator's next compaction
+    round merges a partition's small last segment into another one, whose index is then built again: searches
+    measured meanwhile share the 2 cores with that merge and build."""
     client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+    began = time.monotonic()
     try:
         with _query_segments(uri, name, "stable") as listed:
             seen: frozenset[int] = frozenset()
             since = time.monotonic()
             while time.monotonic() - since < quiet_s:
                 now = frozenset(s.segmentID for s in listed())
-                pending = int(client.describe_index(name, "embedding").get("pending_index_rows", 0))
+                pending = int(client.describe_index(name, field).get("pending_index_rows", 0))
                 if now != seen or pending:
                     seen, since = now, time.monotonic()
                 time.sleep(5)
     finally:
         client.close()
+    return time.monotonic() - began
 
 
 def _load(uri: str, name: str) -> None:
