@@ -5,19 +5,16 @@ tenants not being written skip Milvus's time tick."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from deeplens_server.errors import Unavailable
 from deeplens_server.freshness import PREFIX, WriteMarks
-from deeplens_server.vectors import FILTERED_FIELDS, VectorIndex, VectorRecord
+from deeplens_server.vectors import VectorIndex, VectorRecord
 from deeplens_stack.stack import Stack
-from pymilvus import MilvusClient, MilvusException
-from pymilvus.client.types import LoadState
+from pymilvus import MilvusException
 from redis.asyncio import Redis
 
 MODEL = "efficientnet_lite0@1"
@@ -176,60 +173,3 @@ async def test_a_write_that_fails_part_way_marks_its_tenant_after_the_failure_to
         await index.delete(tenant)
         await index.close()
         await redis.aclose()
-
-
-async def test_a_server_indexes_the_filtered_fields_and_its_searches_stay_scoped(stack: Stack) -> None:
-    uri = stack.config.endpoints["DEEPLENS_MILVUS_URI"]
-    index = VectorIndex(uri, token="")
-    await index.open()
-    await index.ensure(MODEL, DIM)
-    if not index.counts_tenants:
-        await index.close()
-        pytest.skip("Milvus Lite has no scalar indexes")
-    name = index.collection(MODEL)
-    client = MilvusClient(uri=uri)
-    tenant, other = f"vi-{uuid.uuid4().hex[:8]}", f"vi-{uuid.uuid4().hex[:8]}"
-    try:
-        for collection in (name, index.colour_collection):
-            assert set(FILTERED_FIELDS) <= set(client.list_indexes(collection))
-        # A collection made and loaded before the indexes existed gets them when a process next starts on it,
-        # and stays loaded.
-        client.release_collection(name)
-        for field in FILTERED_FIELDS:
-            client.drop_index(name, field)
-        client.load_collection(name)
-        assert not set(FILTERED_FIELDS) & set(client.list_indexes(name))
-        again = VectorIndex(uri, token="")
-        await again.open()
-        await again.ensure(MODEL, DIM)
-        await again.close()
-        assert set(FILTERED_FIELDS) <= set(client.list_indexes(name))
-        assert client.get_load_state(name)["state"] == LoadState.Loaded
-
-        # Sealed and indexed rows of two tenants and two collections: a search reads its own scope only.
-        mine = [_record(f"m{i}", i) for i in range(12)]
-        elsewhere = [replace(_record(f"e{i}", 100 + i), collection_id="albums") for i in range(6)]
-        theirs = [_record(f"t{i}", 200 + i) for i in range(12)]
-        await index.upsert(tenant, MODEL, mine + elsewhere)
-        await index.upsert(other, MODEL, theirs)
-        client.flush(name)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            states = [client.describe_index(name, f) for f in (*FILTERED_FIELDS, "embedding")]
-            if all(int(s["indexed_rows"]) >= int(s["total_rows"]) and not int(s["pending_index_rows"]) for s in states):
-                break
-            await asyncio.sleep(1)
-        for query in (theirs[0], mine[3]):
-            hits = await index.search(
-                tenant, query.embedding, model=MODEL, limit=50, condition='collection_id in ["photos"]'
-            )
-            assert {(h.collection_id, h.image_id) for h in hits} == {("photos", r.image_id) for r in mine}
-            hits = await index.search(tenant, query.embedding, model=MODEL, limit=50)
-            assert {h.image_id for h in hits} == {r.image_id for r in mine + elsewhere}
-            hits = await index.search(other, query.embedding, model=MODEL, limit=50)
-            assert {h.image_id for h in hits} == {r.image_id for r in theirs}
-    finally:
-        await index.delete(tenant)
-        await index.delete(other)
-        await index.close()
-        client.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,15 +20,12 @@ import numpy as np
 from numpy.typing import NDArray
 from opentelemetry.trace import SpanKind
 from pymilvus import AsyncMilvusClient, DataType, MilvusClient, MilvusException
-from pymilvus.client.types import LoadState
 
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.freshness import WriteMarks
 from deeplens_server.metrics import MILVUS_SECONDS
 from deeplens_server.repository import ImageRecord
 from deeplens_server.telemetry import span
-
-_log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -42,10 +38,6 @@ GRPC_OPTIONS = {"grpc.keepalive_time_ms": 310_000, "grpc.keepalive_permit_withou
 
 SCHEMA_VERSION = 3
 COLOUR_DIM = 64
-# The fields every search filters on. A Milvus server without an index on them compares the strings of every
-# row of every segment it searches: at 1M rows of one tenant that was 45 % of the server's CPU and more than
-# the HNSW search itself (docs/benchmarks.md, thirteenth round). Milvus Lite has no scalar indexes.
-FILTERED_FIELDS = ("tenant_id", "collection_id")
 # Scalar fields every vector carries, for filtered searches and for duplicate checks without a round trip.
 SCALAR_FIELDS = ("sha256", "phash", "dhash", "detail", "location_id", "format", "width", "height", "create_ts", "tags")
 
@@ -130,24 +122,6 @@ def _schema(client: MilvusClient, vector_field: str, dim: int) -> Any:
     return schema
 
 
-def _index_filtered_fields(client: MilvusClient, name: str) -> None:
-    """Gives collection ``name``, made before these indexes, the server's default scalar index (a trie on 2.3,
-    inverted from 2.4) on each filtered field that has none. A loaded collection stays loaded: the server
-    builds the indexes of its sealed segments in the background and the query nodes take them up while
-    searches go on. Searches are the same without them, only slower, so a failure is logged, not raised."""
-    have = set(client.list_indexes(name))
-    for field in FILTERED_FIELDS:
-        if field in have:
-            continue
-        params = client.prepare_index_params()
-        params.add_index(field, index_type="", index_name=field)
-        try:
-            client.create_index(name, params)
-        except MilvusException as exc:
-            if field not in client.list_indexes(name):  # not another process creating it at the same moment
-                _log.warning("no scalar index on %s.%s: %s", name, field, exc)
-
-
 class _Traced:
     """The Milvus client with a span around each call (``milvus.search``, ``milvus.upsert``, ...)."""
 
@@ -208,16 +182,12 @@ class VectorIndex:
         # AsyncMilvusClient.create_collection is not implemented by Milvus Lite, so setup uses the sync client.
         client = MilvusClient(uri=self._uri, token=self._token, grpc_options=GRPC_OPTIONS)
         try:
-            lite = str(client.get_server_version()).startswith("milvus_lite")
             for name, field, dim in wanted:
                 if not client.has_collection(name):
                     index = client.prepare_index_params()
                     index.add_index(
                         field, index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
                     )
-                    if not lite:
-                        for scalar in FILTERED_FIELDS:  # the server's default scalar index for the field's type
-                            index.add_index(scalar, index_type="", index_name=scalar)
                     try:
                         client.create_collection(
                             name,
@@ -229,11 +199,7 @@ class VectorIndex:
                         # Another process (server or worker starting at the same moment) may have won the race.
                         if not client.has_collection(name):
                             raise
-                elif not lite:
-                    _index_filtered_fields(client, name)
-                # A Milvus 2.3 server refuses to load a loaded collection again once its indexes changed.
-                if lite or client.get_load_state(name)["state"] != LoadState.Loaded:
-                    client.load_collection(name)
+                client.load_collection(name)
         finally:
             client.close()
 
