@@ -144,23 +144,24 @@ async def settle(stack: Stack, rows: int = 0, quiet_s: float = 0) -> float:
     ``rows``, until that many rows are in sealed segments; with ``quiet_s``, until each collection's served
     segments have stayed the same for that long, so that no merge or re-index runs beside the searches
     (seconds)."""
-    client = AsyncMilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], grpc_options=GRPC_OPTIONS)
+    uri = stack.config.endpoints["DEEPLENS_MILVUS_URI"]
+    client = AsyncMilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
     began = time.perf_counter()
     try:
-        for name in await client.list_collections():
-            field = "colour" if name.startswith("colours") else "embedding"
+        fields = {
+            name: "colour" if name.startswith("colours") else "embedding" for name in await client.list_collections()
+        }
+        for name, field in fields.items():
             while True:
                 state = await client.describe_index(name, field)
                 built = int(state.get("indexed_rows", 0)) >= int(state.get("total_rows", 0))
                 if built and not int(state.get("pending_index_rows", 0)):
                     break
                 await asyncio.sleep(5)
-        uri = stack.config.endpoints["DEEPLENS_MILVUS_URI"]
-        for name in await client.list_collections():
+        for name in fields:
             await asyncio.to_thread(served, uri, name, 1800, rows)
         if quiet_s:
-            for name in await client.list_collections():
-                field = "colour" if name.startswith("colours") else "embedding"
+            for name, field in fields.items():
                 await asyncio.to_thread(stable, uri, name, quiet_s, field)
     finally:
         await client.close()
