@@ -44,7 +44,7 @@ import numpy as np
 from deeplens.client import DeepLensClient, operation_metadata
 from deeplens.v1 import resources_pb2
 from deeplens_server.imaging import phash_bands
-from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord
+from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord, colour_collection_name
 from deeplens_stack import Stack, StackConfig
 from pymilvus import AsyncMilvusClient
 
@@ -148,9 +148,8 @@ async def settle(stack: Stack, rows: int = 0, quiet_s: float = 0) -> float:
     client = AsyncMilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
     began = time.perf_counter()
     try:
-        fields = {
-            name: "colour" if name.startswith("colours") else "embedding" for name in await client.list_collections()
-        }
+        colours = colour_collection_name()
+        fields = {name: "colour" if name == colours else "embedding" for name in await client.list_collections()}
         for name, field in fields.items():
             while True:
                 state = await client.describe_index(name, field)
