@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from deeplens_server.errors import Unavailable
+from deeplens_server.filters import NO_FILTER, ImageFilter, within
 from deeplens_server.freshness import PREFIX, WriteMarks
-from deeplens_server.vectors import VectorIndex, VectorRecord
+from deeplens_server.vector_keys import collection_key, tenant_key
+from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, VectorRecord
 from deeplens_stack.stack import Stack
-from pymilvus import MilvusException
+from pymilvus import MilvusClient, MilvusException
 from redis.asyncio import Redis
 
 MODEL = "efficientnet_lite0@1"
@@ -173,3 +176,54 @@ async def test_a_write_that_fails_part_way_marks_its_tenant_after_the_failure_to
         await index.delete(tenant)
         await index.close()
         await redis.aclose()
+
+
+async def test_searches_filter_by_key_and_keep_only_hits_whose_names_match(stack: Stack) -> None:
+    """Searches filter on the 64-bit keys; a row whose keys are a tenant's (or a collection's) but whose names are
+    not (what a shared key would look like) is never returned to that tenant, nor counted or deleted with it."""
+    uri = stack.config.endpoints["DEEPLENS_MILVUS_URI"]
+    index = VectorIndex(uri, token="")
+    await index.open()
+    await index.ensure(MODEL, DIM)
+    tenant, other = f"vi-{uuid.uuid4().hex[:8]}", f"vi-{uuid.uuid4().hex[:8]}"
+    probe = _record("probe", 5)
+    try:
+        await index.upsert(tenant, MODEL, [probe, _record("near", 6)])
+        await index.upsert(tenant, MODEL, [replace(_record("elsewhere", 7), collection_id="albums")])
+        await index.upsert(other, MODEL, [replace(probe, image_id="theirs")])
+        # Forged rows: the tenant's keys with another tenant's or another collection's name.
+        client = MilvusClient(uri=uri, grpc_options=GRPC_OPTIONS)
+        forged = [
+            {**VectorIndex._row(other, replace(probe, image_id="forged"), "embedding", probe.embedding),
+             "tenant_key": tenant_key(tenant), "collection_key": collection_key(tenant, "photos")},
+            {**VectorIndex._row(tenant, replace(probe, collection_id="albums", image_id="mislabelled"), "embedding",
+                                probe.embedding), "collection_key": collection_key(tenant, "photos")},
+        ]  # fmt: skip
+        client.insert(VectorIndex.collection(MODEL), forged)
+        client.close()
+
+        hits = await index.search(tenant, probe.embedding, model=MODEL, limit=10)
+        assert {(h.collection_id, h.image_id) for h in hits} == {
+            ("photos", "probe"), ("photos", "near"), ("albums", "elsewhere"), ("albums", "mislabelled")
+        }  # fmt: skip
+        in_photos = await index.search(
+            tenant, probe.embedding, model=MODEL, limit=10, image_filter=within(NO_FILTER, "photos")
+        )
+        assert {h.image_id for h in in_photos} == {"probe", "near"}
+        in_albums = await index.search(
+            tenant, probe.embedding, model=MODEL, limit=10, image_filter=ImageFilter(collections=("albums",))
+        )
+        assert {h.image_id for h in in_albums} == {"elsewhere"}  # "mislabelled" carries the key of "photos"
+        theirs = await index.search(other, probe.embedding, model=MODEL, limit=10)
+        assert {h.image_id for h in theirs} == {"theirs"}  # "forged" has their name but the tenant's key
+        if index.counts_tenants:
+            assert await index.count(tenant, MODEL) == 4  # by key and name: not "forged"
+        await index.delete(tenant, collection_id="photos")  # by key and name: not "mislabelled", nor "forged"
+        left = await index.search(tenant, probe.embedding, model=MODEL, limit=10)
+        assert {h.image_id for h in left} == {"elsewhere", "mislabelled"}
+        forged_left = await index.get_vectors(other, [("photos", "forged")], model=MODEL)
+        assert list(forged_left) == [("photos", "forged")]
+    finally:
+        await index.delete(tenant)
+        await index.delete(other)
+        await index.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from deeplens_server import model_pointer
+from deeplens_server import model_pointer, vector_migration
 from deeplens_server.admin_repository import AdminRepository, ObjectIndex, StorageLocationRepository
 from deeplens_server.blobs import BlobStore
 from deeplens_server.config import Settings
@@ -18,6 +18,7 @@ from deeplens_server.errors import Unavailable
 from deeplens_server.events import EventLog
 from deeplens_server.freshness import WriteMarks
 from deeplens_server.imaging import ImageLimits
+from deeplens_server.migrations import VECTOR_LOCK_KEY, advisory_lock
 from deeplens_server.operation_store import OperationStore
 from deeplens_server.queue import JobQueue
 from deeplens_server.repository import Repository
@@ -91,6 +92,9 @@ class Backend:
             settings.triton_url, model=settings.embedding_model, version=settings.embedding_model_version
         )
         try:
+            # One process at a time copies collections of an earlier schema; the others wait, then find none.
+            async with advisory_lock(repo.pool, VECTOR_LOCK_KEY):
+                await asyncio.to_thread(vector_migration.migrate, settings.milvus_uri, token=settings.milvus_token)
             await vectors.open()
             await embedder.wait_ready(model_ready_timeout)
             await vectors.ensure(embedder.model_id, await embedder.dim(embedder.model_id))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from deeplens_server.errors import InvalidArgument
+from deeplens_server.vector_keys import collection_key
 
 MAX_VALUES = 64
 UPLOADS = "-"  # the storage-location id that stands for uploaded images (stored as '')
@@ -25,6 +26,9 @@ class ImageFilter:
     max_height: int = 0
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+
+NO_FILTER = ImageFilter()
 
 
 def _values(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -66,12 +70,14 @@ def _location(value: str) -> str:
     return "" if value == UPLOADS else value
 
 
-def milvus_expr(f: ImageFilter) -> str:
-    """Conditions on the scalar fields every vector carries; empty when nothing restricts."""
+def milvus_expr(f: ImageFilter, tenant_id: str) -> str:
+    """Conditions on the scalar fields every vector carries (the tenant's, whose collections the filter names);
+    empty when nothing restricts. Collections are named by their 64-bit keys (see vector_keys.py), so the
+    search checks the names of the collections its hits are in."""
     q = json.dumps
     parts: list[str] = []
     if f.collections:
-        parts.append(f"collection_id in {q(list(f.collections))}")
+        parts.append(f"collection_key in {[collection_key(tenant_id, c) for c in f.collections]}")
     for tag in f.tags:
         parts.append(f"array_contains(tags, {q(tag)})")
     if f.storage_locations:

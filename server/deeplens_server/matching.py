@@ -21,7 +21,7 @@ from deeplens_server.backend import Backend
 from deeplens_server.duplicate_store import LateMatcher
 from deeplens_server.duplicates import SIMILAR, DuplicatePolicy, Fingerprint, Match, match, ranked, verified
 from deeplens_server.errors import NotFound
-from deeplens_server.filters import ImageFilter, milvus_expr, within
+from deeplens_server.filters import NO_FILTER, within
 from deeplens_server.keypoints import Keypoints, align, grey_of_bytes, keypoints_of_bytes
 from deeplens_server.repository import ImageRecord, hash_neighbours
 
@@ -71,10 +71,10 @@ async def find_matches(
     final = policy
     if query_keypoints is not None:
         policy = replace(policy, similar_min_cosine=min(policy.similar_min_cosine, VERIFY_MIN_COSINE))
-    condition = milvus_expr(within(ImageFilter(), collection_id))
     hits = await backend.vectors.search(
-        tenant_id, embedding, model=model, limit=candidates, condition=condition, exclude=exclude, timeout=timeout
-    )
+        tenant_id, embedding, model=model, limit=candidates, image_filter=within(NO_FILTER, collection_id),
+        exclude=exclude, timeout=timeout,
+    )  # fmt: skip
     found: dict[Key, Match] = {}
     for hit in hits:
         f = hit.fields

@@ -5,13 +5,27 @@ Any process (server, worker, stack) may call ``migrate`` at startup; concurrent 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
+from collections.abc import AsyncIterator
 
 import asyncpg
 
 _log = logging.getLogger(__name__)
 _LOCK_KEY = 0x6465_6570_6C65_6E73 & 0x7FFF_FFFF_FFFF_FFFF  # "deeplens"
+VECTOR_LOCK_KEY = 0x7665_6374_6F72_7321 & 0x7FFF_FFFF_FFFF_FFFF  # "vectors!": vector_migration.py's copies
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(pool: asyncpg.Pool, key: int) -> AsyncIterator[None]:
+    """Holds a PostgreSQL session advisory lock for the block (released too if this process dies)."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", key)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
 
 def _migration_files() -> list[tuple[int, str, str]]:

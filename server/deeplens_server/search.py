@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from deeplens_server.backend import Backend
 from deeplens_server.errors import InvalidArgument
 from deeplens_server.fetch import fetch_image
-from deeplens_server.filters import ImageFilter, milvus_expr, within
+from deeplens_server.filters import ImageFilter, within
 from deeplens_server.imaging import DecodedImage, ImageLimits, colour_signature, decode_image, model_input
 from deeplens_server.names import CollectionName, ImageName, TenantName
 from deeplens_server.repository import ImageRecord
@@ -108,7 +108,7 @@ async def search_similar(
     else:
         raise InvalidArgument("give image_content, image_name or image_uri", field="query", reason="MISSING_QUERY")
     scope_collection = query.scope.collection if isinstance(query.scope, CollectionName) else None
-    condition = milvus_expr(within(query.image_filter, scope_collection))
+    image_filter = within(query.image_filter, scope_collection)
     window = query.offset + query.top_k
 
     visual_scores: dict[tuple[str, str], float] = {}
@@ -116,7 +116,7 @@ async def search_similar(
     if query.ranking in (VISUAL, COMBINED):
         limit = window if query.ranking == VISUAL else max(3 * window, 100)
         for h in await backend.vectors.search(
-            tenant, embedding, model=model, limit=min(limit, MAX_RESULTS * 3), condition=condition,
+            tenant, embedding, model=model, limit=min(limit, MAX_RESULTS * 3), image_filter=image_filter,
             exclude=exclude, timeout=timeout,
         ):  # fmt: skip
             visual_scores[(h.collection_id, h.image_id)] = h.score
@@ -124,7 +124,7 @@ async def search_similar(
         limit = window if query.ranking == COLOUR else max(3 * window, 100)
         for h in await backend.vectors.search(
             tenant, colour, model=model, limit=min(limit, MAX_RESULTS * 3), signal="colour",
-            condition=condition, exclude=exclude, timeout=timeout,
+            image_filter=image_filter, exclude=exclude, timeout=timeout,
         ):  # fmt: skip
             colour_scores[(h.collection_id, h.image_id)] = h.score
     keys = list(dict.fromkeys([*visual_scores, *colour_scores]))
