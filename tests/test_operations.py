@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import threading
 import time
@@ -82,7 +83,30 @@ async def _settled_counts(stack: Stack, tenant: str, expected: tuple[int, int]) 
         print(f"\nstored counts {counts}, expected {expected}: reading again")
         await asyncio.sleep(1)
         counts = await _stored_counts(stack, tenant)
+    if counts != expected:
+        await _report_missing(stack, tenant)
     return counts
+
+
+async def _report_missing(stack: Stack, tenant: str) -> None:
+    """Prints the images with a row but no vector found by the tenant filter, and what a lookup by key finds."""
+    conn = await asyncpg.connect(stack.config.endpoints["DEEPLENS_POSTGRES_DSN"])
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('deeplens.tenant', $1, true)", tenant)
+            rows = await conn.fetch("SELECT collection_id, image_id FROM images")
+    finally:
+        await conn.close()
+    milvus = MilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=60, grpc_options=GRPC_OPTIONS)
+    try:
+        name = collection_name("efficientnet_lite0", "1")
+        found = {v["pk"] for v in milvus.query(name, filter=f'tenant_id == "{tenant}"', output_fields=["pk"])}
+        missing = [f"{tenant}/{r['collection_id']}/{r['image_id']}" for r in rows]
+        missing = [pk for pk in missing if pk not in found]
+        by_key = milvus.query(name, filter=f"pk in {json.dumps(missing)}", output_fields=["*"]) if missing else []
+        print(f"\nno vector found by tenant filter: {missing}; by key: {[{**r, 'embedding': '...'} for r in by_key]}")
+    finally:
+        milvus.close()
 
 
 def test_thousand_images_with_five_percent_corrupt_end_with_exact_counts(
