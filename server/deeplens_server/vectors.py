@@ -2,8 +2,8 @@
 
 One collection per embedding model version (``images__{model}__v{version}``), the tenant's 64-bit key as
 partition key (see vector_keys.py); every read names the model version, so vectors of different models are never
-compared. The same code serves
-Milvus Lite (``milvus-lite server``) and Milvus standalone/distributed: only the URI differs.
+compared. The same code serves Milvus Lite (``milvus-lite server``) and Milvus standalone/distributed: only the
+URI differs.
 """
 
 from __future__ import annotations
