@@ -101,8 +101,8 @@ async def _report_missing(stack: Stack, tenant: str) -> None:
     try:
         name = collection_name("efficientnet_lite0", "1")
         found = {v["pk"] for v in milvus.query(name, filter=f'tenant_id == "{tenant}"', output_fields=["pk"])}
-        missing = [f"{tenant}/{r['collection_id']}/{r['image_id']}" for r in rows]
-        missing = [pk for pk in missing if pk not in found]
+        stored = (f"{tenant}/{r['collection_id']}/{r['image_id']}" for r in rows)
+        missing = [pk for pk in stored if pk not in found]
         by_key = milvus.query(name, filter=f"pk in {json.dumps(missing)}", output_fields=["*"]) if missing else []
         print(f"\nno vector found by tenant filter: {missing}; by key: {[{**r, 'embedding': '...'} for r in by_key]}")
     finally:

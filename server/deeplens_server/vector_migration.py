@@ -64,7 +64,7 @@ def _copy(client: MilvusClient, legacy: str, target: str, upgrade: Callable[[dic
                 consistency_level="Strong",
             )
             present = {str(row["pk"]) for row in have}
-            rows = [upgrade(dict(row)) for row in batch if str(row["pk"]) not in present]
+            rows = [upgrade(row) for row in batch if str(row["pk"]) not in present]
             if rows:
                 client.insert(target, rows)
                 copied += len(rows)
