@@ -6,8 +6,10 @@ import time
 
 import grpc
 import pytest
-from deeplens.client import DeepLensClient
+from deeplens.client import DeepLensClient, error_info
+from deeplens.v1 import admin_service_pb2, resources_pb2
 from deeplens_stack import Stack
+from google.protobuf import field_mask_pb2
 
 from tests.conftest import ClientFactory, new_tenant, scrape_metrics
 
@@ -45,3 +47,40 @@ def test_server_and_worker_metrics_count_real_work(
     with pytest.raises(grpc.RpcError):
         client.get_tenant("tenants/someone-else")
     assert scrape_metrics(stack.config.ports["metrics"]).get(("deeplens_rpc_requests_total", denied), 0) >= 1
+
+
+def _transactions(stack: Stack) -> float:
+    return scrape_metrics(stack.config.ports["metrics"])[("deeplens_postgres_transaction_seconds_count", ())]
+
+
+@pytest.mark.stack
+def test_a_search_reads_the_tenant_with_its_key_and_sees_settings_changed_a_moment_before(
+    stack: Stack, admin: DeepLensClient, connect: ClientFactory, photos: dict[str, bytes]
+) -> None:
+    tenant, client = new_tenant(admin, connect)
+    collection = f"tenants/{tenant}/collections/m"
+    for name in ("moon", "coins"):
+        client.wait_operation(client.ingest_image(collection, photos[name], image_id=name).name, timeout=120)
+    searches = 20
+    before = _transactions(stack)
+    for _ in range(searches):
+        found = client.search_images(f"tenants/{tenant}", image_name=f"{collection}/images/moon")
+        assert [r.image.name for r in found.results] == [f"{collection}/images/coins"]
+    spent = _transactions(stack) - before
+    # Each search: the API key with its tenant's settings, then the hits' rows (before: a third, the settings).
+    assert 2 * searches <= spent < 2.5 * searches, spent
+
+    client.search_images(f"tenants/{tenant}", image_content=photos["moon"])
+    update = resources_pb2.Tenant(
+        name=f"tenants/{tenant}", limits=resources_pb2.TenantLimits(max_image_bytes=len(photos["moon"]) - 1)
+    )
+    mask = field_mask_pb2.FieldMask(paths=["limits.max_image_bytes"])
+    admin.admin.UpdateTenant(
+        admin_service_pb2.UpdateTenantRequest(tenant=update, update_mask=mask), metadata=admin.metadata
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        client.search_images(f"tenants/{tenant}", image_content=photos["moon"])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(refused.value)
+    assert info is not None
+    assert info.reason == "IMAGE_TOO_LARGE"

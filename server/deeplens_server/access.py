@@ -10,6 +10,7 @@ from deeplens_server import auth
 from deeplens_server.admin_repository import AdminRepository
 from deeplens_server.auth import Role
 from deeplens_server.errors import PermissionDenied, Unauthenticated
+from deeplens_server.model_pointer import remember_caller_tenant
 from deeplens_server.policy import POLICIES, MethodPolicy
 from deeplens_server.ratelimit import RateLimiter
 from deeplens_server.tenancy import Principal
@@ -67,6 +68,8 @@ class AccessControl:
         if last is None or datetime.now(UTC) - last >= TOUCH_EVERY:
             await self._admin.touch_api_key(record.key.id)
         principal = Principal(key_id=record.key.id, tenant=record.key.tenant_id, role=Role(record.key.role))
+        if principal.tenant is not None and record.tenant_settings is not None:
+            remember_caller_tenant(principal.tenant, record.tenant_settings)
         return principal, record.requests_per_second
 
     async def authorize(self, principal: Principal, policy: MethodPolicy, requests_per_second: int) -> None:

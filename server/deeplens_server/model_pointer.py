@@ -9,7 +9,9 @@ search ever sees a half-filled collection. A failed or cancelled re-index leaves
 
 from __future__ import annotations
 
+import contextvars
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +55,44 @@ async def tenant_settings(
     pool: asyncpg.Pool, tenant_id: str, default: str
 ) -> tuple[TenantModels, dict[str, Any], tuple[int, int]]:
     """The tenant's models (as ``tenant_models``), its duplicate-threshold overrides and its own image limits
-    (bytes, pixels; 0: none of its own), in one read: every ingested image needs all three."""
-    row = await _tenant_row(pool, tenant_id, default, f"{_MODELS}, duplicate_policy, max_image_bytes, max_image_pixels")
+    (bytes, pixels; 0: none of its own), in one read: every ingested image needs all three. Within an RPC, the
+    first call takes the row read with the caller's API key instead (``remember_caller_tenant``)."""
+    row = _take_caller_tenant(tenant_id) or await _tenant_row(pool, tenant_id, default, SETTINGS_COLUMNS)
     limits = (int(row["max_image_bytes"]), int(row["max_image_pixels"]))
     return _models(row), dict(row["duplicate_policy"] or {}), limits
 
 
 _MODELS = "embedding_model, reindex_model, reindex_operation, embedding_generation"
+# What ``tenant_settings`` reads: the admission of an RPC reads the same columns of the caller's tenant.
+SETTINGS_COLUMNS = f"{_MODELS}, duplicate_policy, max_image_bytes, max_image_pixels"
+
+
+@dataclass(slots=True)
+class _CallerTenant:
+    tenant_id: str
+    row: Mapping[str, Any] | None
+
+
+_caller_tenant: contextvars.ContextVar[_CallerTenant | None] = contextvars.ContextVar(
+    "deeplens_caller_tenant", default=None
+)
+
+
+def remember_caller_tenant(tenant_id: str, row: Mapping[str, Any]) -> None:
+    """The caller's tenant row (``SETTINGS_COLUMNS``), read in the same statement as its API key when the RPC
+    was admitted: the RPC's first ``tenant_settings`` of that tenant uses it rather than a transaction of its
+    own (a search then costs two PostgreSQL transactions, not three). Taken once, so a long-lived stream reads
+    anything later from PostgreSQL."""
+    _caller_tenant.set(_CallerTenant(tenant_id, row))
+
+
+def _take_caller_tenant(tenant_id: str) -> Mapping[str, Any] | None:
+    held = _caller_tenant.get()
+    if held is None or held.tenant_id != tenant_id or held.row is None:
+        return None
+    row, held.row = held.row, None
+    # A tenant without a model yet is given the default by ``_tenant_row``'s update.
+    return row if row["embedding_model"] is not None else None
 
 
 async def _tenant_row(pool: asyncpg.Pool, tenant_id: str, default: str, columns: str) -> asyncpg.Record:
@@ -76,7 +109,7 @@ async def _tenant_row(pool: asyncpg.Pool, tenant_id: str, default: str, columns:
     return row
 
 
-def _models(row: asyncpg.Record) -> TenantModels:
+def _models(row: Mapping[str, Any]) -> TenantModels:
     return TenantModels(
         row["embedding_model"], row["reindex_model"], row["reindex_operation"], int(row["embedding_generation"])
     )
