@@ -15,7 +15,7 @@ import asyncpg
 from deeplens_server.db import ScopedPool, scoped
 from deeplens_server.duplicate_store import remove_collection_images, remove_image
 from deeplens_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
-from deeplens_server.model_pointer import SETTINGS_COLUMNS
+from deeplens_server.model_pointer import SETTINGS_FIELDS
 
 LIMIT_FIELDS = ("max_images", "max_image_bytes", "max_image_pixels", "requests_per_second", "max_concurrent_operations")
 _TENANT_COLUMNS = (
@@ -79,7 +79,7 @@ class KeyForAuth:
     secret_sha256: bytes
     tenant_deleted: bool
     requests_per_second: int
-    # The key's tenant's ``model_pointer.SETTINGS_COLUMNS``, read in the same statement (None: a platform key).
+    # The key's tenant's ``model_pointer.SETTINGS_FIELDS``, read in the same statement (None: a platform key).
     tenant_settings: Mapping[str, Any] | None = None
 
 
@@ -287,13 +287,13 @@ class AdminRepository:
             "SELECT k.id, k.tenant_id, k.role, k.display_name, k.create_time, k.revoke_time, k.last_use_time, "
             "k.secret_sha256, t.delete_time IS NOT NULL AS tenant_deleted, "
             "coalesce(t.requests_per_second, 0) AS requests_per_second, "
-            + ", ".join(f"t.{c.strip()}" for c in SETTINGS_COLUMNS.split(","))
+            + ", ".join(f"t.{c}" for c in SETTINGS_FIELDS)
             + " FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1",
             key_id,
         )
         if row is None:
             return None
-        settings = {c.strip(): row[c.strip()] for c in SETTINGS_COLUMNS.split(",")} if row["tenant_id"] else None
+        settings = {c: row[c] for c in SETTINGS_FIELDS} if row["tenant_id"] else None
         return KeyForAuth(
             _key(row), bytes(row["secret_sha256"]), row["tenant_deleted"], row["requests_per_second"], settings
         )

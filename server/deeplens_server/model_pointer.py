@@ -64,7 +64,8 @@ async def tenant_settings(
 
 _MODELS = "embedding_model, reindex_model, reindex_operation, embedding_generation"
 # What ``tenant_settings`` reads: the admission of an RPC reads the same columns of the caller's tenant.
-SETTINGS_COLUMNS = f"{_MODELS}, duplicate_policy, max_image_bytes, max_image_pixels"
+SETTINGS_FIELDS = (*_MODELS.split(", "), "duplicate_policy", "max_image_bytes", "max_image_pixels")
+SETTINGS_COLUMNS = ", ".join(SETTINGS_FIELDS)
 
 
 @dataclass(slots=True)
@@ -79,7 +80,7 @@ _caller_tenant: contextvars.ContextVar[_CallerTenant | None] = contextvars.Conte
 
 
 def remember_caller_tenant(tenant_id: str, row: Mapping[str, Any]) -> None:
-    """The caller's tenant row (``SETTINGS_COLUMNS``), read in the same statement as its API key when the RPC
+    """The caller's tenant row (``SETTINGS_FIELDS``), read in the same statement as its API key when the RPC
     was admitted: the RPC's first ``tenant_settings`` of that tenant uses it rather than a transaction of its
     own (a search then costs two PostgreSQL transactions, not three). Taken once, so a long-lived stream reads
     anything later from PostgreSQL."""
