@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import signal
 import threading
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from deeplens.client import DeepLensClient, error_info, operation_metadata
 from deeplens.v1 import ingest_service_pb2, resources_pb2
-from deeplens_server.vectors import GRPC_OPTIONS, collection_name
+from deeplens_server.vectors import GRPC_OPTIONS, VectorIndex, collection_name
 from deeplens_stack import Stack
 from google.longrunning import operations_proto_pb2 as operations_pb2
 from PIL import Image
@@ -101,9 +100,9 @@ async def _report_missing(stack: Stack, tenant: str) -> None:
     try:
         name = collection_name("efficientnet_lite0", "1")
         found = {v["pk"] for v in milvus.query(name, filter=f'tenant_id == "{tenant}"', output_fields=["pk"])}
-        stored = (f"{tenant}/{r['collection_id']}/{r['image_id']}" for r in rows)
+        stored = (VectorIndex._pk(tenant, r["collection_id"], r["image_id"]) for r in rows)
         missing = [pk for pk in stored if pk not in found]
-        by_key = milvus.query(name, filter=f"pk in {json.dumps(missing)}", output_fields=["*"]) if missing else []
+        by_key = milvus.query(name, filter=VectorIndex._by_pks(missing), output_fields=["*"]) if missing else []
         print(f"\nno vector found by tenant filter: {missing}; by key: {[{**r, 'embedding': '...'} for r in by_key]}")
     finally:
         milvus.close()
