@@ -4,6 +4,7 @@ generated Triton configs against Triton's ModelConfig, and no secret in any comm
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -132,11 +133,17 @@ def test_the_embedded_milvus_server_is_configured_as_tuned(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])
-def test_triton_configs_are_valid_model_configs(backend: str) -> None:
+@pytest.mark.parametrize("lane", catalog.LANES)
+def test_triton_configs_are_valid_model_configs(backend: str, lane: str) -> None:
     for spec in catalog.MODELS:
-        config = text_format.Parse(catalog.render_config(spec, backend=backend), model_config_pb2.ModelConfig())
-        assert (config.name, config.backend, config.max_batch_size) == (spec.name, backend, 64)
+        text = catalog.render_config(spec, backend=backend, lane=lane)
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        name = spec.name if lane == "bulk" else spec.name + catalog.QUERY_SUFFIX
+        assert (config.name, config.backend, config.max_batch_size) == (name, backend, 64)
         assert config.output[0].dims == [spec.dim]
+        # The bulk lane waits a little to batch single-image ingest requests; the query lane never waits.
+        delay = config.dynamic_batching.max_queue_delay_microseconds
+        assert (delay > 0) if lane == "bulk" else (delay == 0 and config.HasField("dynamic_batching"))
         kind = (
             model_config_pb2.ModelInstanceGroup.KIND_CPU
             if backend == "python"
@@ -150,12 +157,15 @@ def test_native_configs_match_the_exported_graphs(tmp_path: Path) -> None:
     graph's, by name, type and shape (the batch dimension dynamic, as max_batch_size > 0 requires)."""
     import onnxruntime as ort
 
-    catalog.write_native_repository(tmp_path)
+    written = catalog.write_native_repository(tmp_path)
+    assert len(written) == 2 * len(catalog.MODELS)
     types = {model_config_pb2.TYPE_UINT8: "tensor(uint8)", model_config_pb2.TYPE_FP32: "tensor(float)"}
-    for spec in catalog.MODELS:
-        text = (tmp_path / spec.name / "config.pbtxt").read_text()
+    for spec, lane in itertools.product(catalog.MODELS, catalog.LANES):
+        text = (tmp_path / spec.served_name(lane) / "config.pbtxt").read_text()
         config = text_format.Parse(text, model_config_pb2.ModelConfig())
-        graph = tmp_path / spec.name / spec.version / config.default_model_filename
+        assert config.name == spec.served_name(lane)
+        graph = tmp_path / spec.served_name(lane) / spec.version / config.default_model_filename
+        assert not graph.is_symlink()  # a copy: object-store repositories hold no links
         session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
         for declared, actual in ((config.input, session.get_inputs()), (config.output, session.get_outputs())):
             assert [d.name for d in declared] == [a.name for a in actual]

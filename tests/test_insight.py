@@ -58,6 +58,8 @@ def test_tenant_stats_health_and_models(
     assert active[0].name == "efficientnet_lite0@1"
     assert active[0].ready
     assert active[0].collection.startswith("images__efficientnet_lite0")
+    # Each model's query-lane twin is how the model is served to searches, not a model of its own.
+    assert sorted(m.name for m in models) == ["efficientnet_lite0@1", "mobilenet_v2@1"]
 
 
 @pytest.mark.stack

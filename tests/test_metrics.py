@@ -25,8 +25,14 @@ def test_server_and_worker_metrics_count_real_work(
     op = client.ingest_image(f"tenants/{tenant}/collections/m", photos["moon"], image_id="moon")
     client.wait_operation(op.name, timeout=120)
     client.search_images(f"tenants/{tenant}", image_name=f"tenants/{tenant}/collections/m/images/moon")
+    query_lane = (("lane", "query"),)
+    embedded = scrape_metrics(stack.config.ports["metrics"]).get(("deeplens_triton_infer_seconds_count", query_lane), 0)
+    client.search_images(f"tenants/{tenant}", image_content=photos["moon"])
 
     server = scrape_metrics(stack.config.ports["metrics"])
+    # A search embeds its query through the query lane, never the bulk lane that ingest batches in.
+    assert server[("deeplens_triton_infer_seconds_count", query_lane)] == embedded + 1
+    assert ("deeplens_triton_infer_seconds_count", (("lane", "bulk"),)) not in server
     ingest = (("code", "OK"), ("method", "/deeplens.v1.IngestService/IngestImage"))
     assert server[("deeplens_rpc_requests_total", ingest)] >= 1
     search = (("method", "/deeplens.v1.SearchService/SearchImages"),)
@@ -40,7 +46,8 @@ def test_server_and_worker_metrics_count_real_work(
 
     worker = scrape_metrics(stack.config.ports["worker_metrics"])
     assert worker[("deeplens_images_total", (("outcome", "indexed"),))] >= before + 1
-    assert worker[("deeplens_triton_infer_seconds_count", ())] >= 1
+    assert worker[("deeplens_triton_infer_seconds_count", (("lane", "bulk"),))] >= 1
+    assert ("deeplens_triton_infer_seconds_count", query_lane) not in worker
     assert worker[("deeplens_milvus_seconds_count", (("operation", "upsert"),))] >= 1
     # A refused call is counted with its code.
     denied = (("code", "PERMISSION_DENIED"), ("method", "/deeplens.v1.AdminService/GetTenant"))

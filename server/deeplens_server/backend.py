@@ -89,7 +89,10 @@ class Backend:
             search_ef=settings.milvus_search_ef,
         )
         embedder = Embedder(
-            settings.triton_url, model=settings.embedding_model, version=settings.embedding_model_version
+            settings.triton_url,
+            model=settings.embedding_model,
+            version=settings.embedding_model_version,
+            query_suffix=settings.triton_query_suffix,
         )
         try:
             # One process at a time copies collections of an earlier schema; the others wait, then find none.

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # HNSW ef for searches (raised to top_k when smaller): higher finds more of the true neighbours, slower.
     milvus_search_ef: int = 256
     triton_url: str = "127.0.0.1:50801"
+    # Searches embed through the model's twin with this suffix (triton_models/catalog.py serves one without
+    # the bulk lane's batching window), or through the model itself where none is served. Empty: never.
+    triton_query_suffix: str = "_query"
     grpc_listen: str = "127.0.0.1:50051"
     # Prometheus /metrics endpoints (host:port; empty = off): the server's, and a worker's.
     metrics_listen: str = ""

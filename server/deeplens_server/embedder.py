@@ -2,12 +2,19 @@
 
 Every model the repository serves takes the same input and returns L2-normalised embeddings; calls name the
 model version (``name@version``) — a tenant's — and default to the server's configured one.
+
+Two lanes: ingest embeds through the model itself (``bulk``), whose batcher waits a few milliseconds to fill a
+batch; a search embeds through its twin ``<name><query_suffix>`` (``query``), which never waits and runs on an
+instance of its own, so a search does not queue behind an ingest batch. Where the inference server serves no
+twin, the query lane falls back to the model itself (and looks for the twin again a minute later).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import tritonclient.grpc.aio as triton
@@ -21,6 +28,10 @@ from deeplens_server.telemetry import span
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
+# How long the query lane keeps to the model itself after finding no twin, before it looks again.
+TWIN_RECHECK_SECONDS = 60.0
+
+Lane = Literal["bulk", "query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +42,14 @@ class RepositoryEntry:
 
 
 class Embedder:
-    def __init__(self, url: str, *, model: str, version: str) -> None:
+    def __init__(self, url: str, *, model: str, version: str, query_suffix: str = "_query") -> None:
         self._client = triton.InferenceServerClient(url=url)
         self.model = model
         self.version = version
+        self.query_suffix = query_suffix
         self._dims: dict[str, int] = {}
+        # (name, version) -> whether its twin is served, and until when that answer holds.
+        self._twins: dict[tuple[str, str], tuple[bool, float]] = {}
 
     @property
     def model_id(self) -> str:
@@ -71,17 +85,38 @@ class Embedder:
             index = await self._client.get_model_repository_index(as_json=True)
         except InferenceServerException as exc:
             raise Unavailable("the embedding service is unavailable", reason="EMBEDDING_UNAVAILABLE") from exc
-        return [
+        entries = [
             RepositoryEntry(str(m.get("name", "")), str(m.get("version", "")), str(m.get("state", "")))
             for m in (index or {}).get("models", [])
         ]
+        # A query-lane twin is how a model is served, not a model of its own.
+        served = {e.name for e in entries}
+        return [e for e in entries if not self._is_twin(e.name, served)]
 
-    async def ready(self, model_id: str | None = None) -> bool:
-        name, version = self._parts(model_id)
+    def _is_twin(self, name: str, served: set[str]) -> bool:
+        suffix = self.query_suffix
+        return bool(suffix) and name.endswith(suffix) and name[: -len(suffix)] in served
+
+    async def _served_name(self, name: str, version: str, lane: Lane) -> str:
+        """The model to call for ``lane``: the twin for queries where it is served, else the model itself."""
+        if lane == "bulk" or not self.query_suffix:
+            return name
+        now = time.monotonic()
+        known = self._twins.get((name, version))
+        if known is None or now >= known[1]:
+            ready = await self._ready(name + self.query_suffix, version)
+            known = (ready, float("inf") if ready else now + TWIN_RECHECK_SECONDS)
+            self._twins[(name, version)] = known
+        return name + self.query_suffix if known[0] else name
+
+    async def _ready(self, name: str, version: str) -> bool:
         try:
             return bool(await self._client.is_model_ready(name, version))
         except InferenceServerException:
             return False
+
+    async def ready(self, model_id: str | None = None) -> bool:
+        return await self._ready(*self._parts(model_id))
 
     async def wait_ready(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -92,17 +127,36 @@ class Embedder:
             await asyncio.sleep(0.2)
 
     async def embed(
-        self, batch: NDArray[np.uint8], *, model: str | None = None, timeout: float | None = None
+        self,
+        batch: NDArray[np.uint8],
+        *,
+        model: str | None = None,
+        timeout: float | None = None,
+        lane: Lane = "bulk",
     ) -> NDArray[np.float32]:
         """Embeds a batch of model inputs (N, 224, 224, 3) uint8 into (N, dim) L2-normalised float32 with
-        ``model`` (``name@version``; the configured default if None)."""
+        ``model`` (``name@version``; the configured default if None), through ``lane``'s model."""
         name, version = self._parts(model)
+        served = await self._served_name(name, version, lane)
+        try:
+            return await self._infer(batch, served, version, lane, timeout)
+        except Unavailable:
+            # A twin that went away (unloaded, a repository rewritten without it): the model itself answers. A
+            # twin still served that failed (a deadline, an overloaded server) fails the call like the model would.
+            if served == name or await self._ready(served, version):
+                raise
+            self._twins[(name, version)] = (False, time.monotonic() + TWIN_RECHECK_SECONDS)
+            return await self._infer(batch, name, version, lane, timeout)
+
+    async def _infer(
+        self, batch: NDArray[np.uint8], name: str, version: str, lane: Lane, timeout: float | None
+    ) -> NDArray[np.float32]:
         tensor = triton.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
             with (
                 span("triton.infer", SpanKind.CLIENT, model=f"{name}@{version}", batch=int(batch.shape[0])),
-                TRITON_SECONDS.time(),
+                TRITON_SECONDS.labels(lane).time(),
             ):
                 result = await self._client.infer(
                     name,

@@ -22,7 +22,10 @@ RPC_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )  # fmt: skip
 IMAGES = Counter("deeplens_images", "Images through the ingest pipeline, by outcome", ["outcome"])
-TRITON_SECONDS = Histogram("deeplens_triton_infer_seconds", "Triton inference calls", buckets=LATENCY_BUCKETS)
+TRITON_SECONDS = Histogram(
+    "deeplens_triton_infer_seconds", "Triton inference calls, by lane (bulk: ingest; query: searches)", ["lane"],
+    buckets=LATENCY_BUCKETS,
+)  # fmt: skip
 MILVUS_SECONDS = Histogram(
     "deeplens_milvus_seconds", "Milvus calls, by operation", ["operation"], buckets=LATENCY_BUCKETS
 )

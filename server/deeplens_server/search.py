@@ -73,9 +73,10 @@ async def decode_query(content: bytes, limits: ImageLimits) -> DecodedImage:
 async def embed_decoded(
     backend: Backend, decoded: DecodedImage, *, model: str, timeout: float | None
 ) -> NDArray[np.float32]:
-    """The query path's preprocessing is the ingest path's: ``decode_image`` then ``model_input``."""
+    """The query path's preprocessing is the ingest path's: ``decode_image`` then ``model_input``; the model
+    is the same graph, through the inference server's query lane."""
     batch = model_input(decoded.working)[np.newaxis]
-    embeddings: NDArray[np.float32] = await backend.embedder.embed(batch, model=model, timeout=timeout)
+    embeddings: NDArray[np.float32] = await backend.embedder.embed(batch, model=model, timeout=timeout, lane="query")
     return np.asarray(embeddings[0], dtype=np.float32)
 
 

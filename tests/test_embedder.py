@@ -1,0 +1,55 @@
+"""The embedder's two lanes on the stack's real Triton: ingest through the model, searches through its twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as triton
+from deeplens_server.embedder import Embedder
+from deeplens_server.imaging import ImageLimits, decode_image, model_input
+from deeplens_stack import Stack
+
+MODEL = "efficientnet_lite0"
+
+
+async def _inferences(client: triton.InferenceServerClient, name: str) -> int:
+    stats = await client.get_inference_statistics(model_name=name, model_version="1", as_json=True)
+    return sum(int(m.get("inference_count", 0)) for m in (stats or {}).get("model_stats", []))
+
+
+@pytest.mark.stack
+async def test_searches_embed_through_the_twin_and_get_what_ingest_gets(stack: Stack, photos: dict[str, bytes]) -> None:
+    url = stack.config.endpoints["DEEPLENS_TRITON_URL"]
+    limits = ImageLimits(max_bytes=64 << 20, max_pixels=100_000_000)
+    batch = np.stack([model_input(decode_image(photos[n], limits).working) for n in ("moon", "rocket")])
+    embedder = Embedder(url, model=MODEL, version="1")
+    raw = triton.InferenceServerClient(url=url)
+    try:
+        counts = {name: await _inferences(raw, name) for name in (MODEL, MODEL + "_query")}
+        bulk = await embedder.embed(batch, lane="bulk")
+        query = await embedder.embed(batch, lane="query")
+        # Each lane ran on its own model: two images each.
+        assert await _inferences(raw, MODEL) == counts[MODEL] + 2
+        assert await _inferences(raw, MODEL + "_query") == counts[MODEL + "_query"] + 2
+        # The same graph: a query embeds exactly as ingest embedded the same image.
+        np.testing.assert_allclose(query, bulk, atol=1e-5)
+        assert bulk.shape == (2, 1280)
+
+        # The model list shows models, not lanes; Triton itself serves both.
+        served = {m["name"] for m in (await raw.get_model_repository_index(as_json=True))["models"]}
+        assert {MODEL, MODEL + "_query"} <= served
+        listed = {e.name for e in await embedder.repository_index()}
+        assert MODEL in listed
+        assert not any(name.endswith("_query") for name in listed)
+
+        # Where no twin is served, the query lane is the model itself.
+        alone = Embedder(url, model=MODEL, version="1", query_suffix="_no_such_twin")
+        try:
+            before = await _inferences(raw, MODEL)
+            np.testing.assert_allclose(await alone.embed(batch, lane="query"), bulk, atol=1e-5)
+            assert await _inferences(raw, MODEL) == before + 2
+        finally:
+            await alone.close()
+    finally:
+        await embedder.close()
+        await raw.close()
