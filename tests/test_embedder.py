@@ -50,6 +50,18 @@ async def test_searches_embed_through_the_twin_and_get_what_ingest_gets(stack: S
             assert await _inferences(raw, MODEL) == before + 2
         finally:
             await alone.close()
+
+        # A twin that was served and then went away: the call fails over to the model itself, and the lane
+        # keeps to the model until it looks for a twin again.
+        gone = Embedder(url, model=MODEL, version="1", query_suffix="_gone")
+        try:
+            gone._twins[(MODEL, "1")] = (True, float("inf"))  # as if "_gone" had been ready when first asked
+            before = await _inferences(raw, MODEL)
+            np.testing.assert_allclose(await gone.embed(batch, lane="query"), bulk, atol=1e-5)
+            assert await _inferences(raw, MODEL) == before + 2
+            assert gone._twins[(MODEL, "1")][0] is False
+        finally:
+            await gone.close()
     finally:
         await embedder.close()
         await raw.close()
