@@ -41,6 +41,8 @@ async def test_searches_embed_through_the_twin_and_get_what_ingest_gets(stack: S
         listed = {e.name for e in await embedder.repository_index()}
         assert MODEL in listed
         assert not any(name.endswith("_query") for name in listed)
+        assert await embedder.ready(f"{MODEL}@1")
+        assert not await embedder.ready(f"{MODEL}_query@1")  # served, but a lane, not a model
 
         # Where no twin is served, the query lane is the model itself.
         alone = Embedder(url, model=MODEL, version="1", query_suffix="_no_such_twin")

@@ -156,6 +156,8 @@ def test_reindex_refusals(admin: DeepLensClient, connect: ClientFactory, photos:
     cases: list[tuple[DeepLensClient, str, str, grpc.StatusCode, str]] = [
         (client, tenant, EFFICIENTNET, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_ALREADY_ACTIVE"),
         (client, tenant, "nope@1", grpc.StatusCode.FAILED_PRECONDITION, "MODEL_NOT_READY"),
+        # A model's query-lane twin is served by Triton but is not a model a tenant can move to.
+        (client, tenant, "mobilenet_v2_query@1", grpc.StatusCode.FAILED_PRECONDITION, "MODEL_NOT_READY"),
         (client, tenant, "mobilenet_v2", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_MODEL"),
         (client, other, MOBILENET, grpc.StatusCode.PERMISSION_DENIED, ""),
         (viewer, tenant, MOBILENET, grpc.StatusCode.PERMISSION_DENIED, "ROLE_TOO_LOW"),

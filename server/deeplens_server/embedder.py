@@ -94,8 +94,12 @@ class Embedder:
         return [e for e in entries if not self._is_twin(e.name, served)]
 
     def _is_twin(self, name: str, served: set[str]) -> bool:
+        return self._twin_of(name) in served
+
+    def _twin_of(self, name: str) -> str | None:
+        """The model ``name`` would be the query-lane twin of, by its name."""
         suffix = self.query_suffix
-        return bool(suffix) and name.endswith(suffix) and name[: -len(suffix)] in served
+        return name[: -len(suffix)] if suffix and name.endswith(suffix) and len(name) > len(suffix) else None
 
     async def _served_name(self, name: str, version: str, lane: Lane) -> str:
         """The model to call for ``lane``: the twin for queries where it is served, else the model itself."""
@@ -116,7 +120,13 @@ class Embedder:
             return False
 
     async def ready(self, model_id: str | None = None) -> bool:
-        return await self._ready(*self._parts(model_id))
+        """Whether the inference server serves ``model_id`` as a model: a served model's query-lane twin is not
+        one (no tenant can be moved to it)."""
+        name, version = self._parts(model_id)
+        base = self._twin_of(name)
+        if base is not None and await self._ready(base, version):
+            return False
+        return await self._ready(name, version)
 
     async def wait_ready(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
