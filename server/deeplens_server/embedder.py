@@ -91,10 +91,7 @@ class Embedder:
         ]
         # A query-lane twin is how a model is served, not a model of its own.
         served = {e.name for e in entries}
-        return [e for e in entries if not self._is_twin(e.name, served)]
-
-    def _is_twin(self, name: str, served: set[str]) -> bool:
-        return self._twin_of(name) in served
+        return [e for e in entries if self._twin_of(e.name) not in served]
 
     def _twin_of(self, name: str) -> str | None:
         """The model ``name`` would be the query-lane twin of, by its name."""
