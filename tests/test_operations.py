@@ -58,7 +58,7 @@ async def _stored_counts(stack: Stack, tenant: str) -> tuple[int, int]:
         milvus = MilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=60, grpc_options=GRPC_OPTIONS)
         try:
             found = milvus.query(
-                collection_name("efficientnet_lite0", "1"), filter=f'tenant_id == "{tenant}"', output_fields=["pk"]
+                collection_name("efficientnet_lite0", "1"), filter=VectorIndex._scope(tenant), output_fields=["pk"]
             )
             break
         except MilvusException:
@@ -99,7 +99,7 @@ async def _report_missing(stack: Stack, tenant: str) -> None:
     milvus = MilvusClient(uri=stack.config.endpoints["DEEPLENS_MILVUS_URI"], timeout=60, grpc_options=GRPC_OPTIONS)
     try:
         name = collection_name("efficientnet_lite0", "1")
-        found = {v["pk"] for v in milvus.query(name, filter=f'tenant_id == "{tenant}"', output_fields=["pk"])}
+        found = {v["pk"] for v in milvus.query(name, filter=VectorIndex._scope(tenant), output_fields=["pk"])}
         stored = (VectorIndex._pk(tenant, r["collection_id"], r["image_id"]) for r in rows)
         missing = [pk for pk in stored if pk not in found]
         by_key = milvus.query(name, filter=VectorIndex._by_pks(missing), output_fields=["*"]) if missing else []
