@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from deeplens_server.db import ScopedPool, scoped
+from deeplens_server.db import ScopedConnection, ScopedPool, reset_connection, scoped
 from deeplens_server.duplicates import Fingerprint
 from deeplens_server.errors import NotFound, Unavailable
 from deeplens_server.filters import ImageFilter, sql_conditions
@@ -138,7 +138,10 @@ class Repository:
     async def connect(cls, dsn: str, *, max_size: int = 10) -> Repository:
         """Opens a pool and applies pending migrations."""
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_init_connection)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_size, init=_init_connection,
+                connection_class=ScopedConnection, reset=reset_connection,
+            )  # fmt: skip
         except (OSError, asyncpg.PostgresError) as exc:
             raise Unavailable("PostgreSQL is unavailable") from exc
         async with pool.acquire() as conn:
