@@ -52,13 +52,18 @@ class ScopedConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg shi
         """Called (through the pool's proxy) when a scoped transaction has ended on this connection."""
         self.stateless = True
 
+    def take_stateless(self) -> bool:
+        """Whether the last use was one ended scoped transaction; the next use starts unmarked."""
+        stateless, self.stateless = self.stateless, False
+        return stateless
+
 
 async def reset_connection(conn: asyncpg.Connection) -> None:
     """The pool's reset hook (after asyncpg has rolled back any open transaction): skipped for a connection
     that only ran a scoped transaction, asyncpg's full reset (advisory locks, cursors, ``LISTEN``, session
     settings) for any other."""
-    if getattr(conn, "stateless", False):
-        conn.stateless = False
+    take = getattr(conn, "take_stateless", None)  # a plain asyncpg.Connection has none: always reset
+    if take is not None and take():
         return
     query = conn.get_reset_query()
     if query:
@@ -80,7 +85,7 @@ async def scoped(pool: asyncpg.Pool, tenant: str | None) -> AsyncIterator[asyncp
                 raise
             await conn.execute("COMMIT")
             mark = getattr(conn, "mark_stateless", None)  # through the pool's proxy: a ScopedConnection's
-            if mark is not None and not conn.is_in_transaction():
+            if mark is not None:
                 mark()
     finally:
         # From asking the pool for a connection to the commit: the wait for a free connection counts too.
