@@ -109,8 +109,7 @@ def test_roles_gate_each_rpc(admin: DeepLensClient, connect: ClientFactory, phot
 
     denied = grpc.StatusCode.PERMISSION_DENIED
     _expect(denied, "ROLE_TOO_LOW", lambda: viewer.ingest_image(parent, photos["moon"]))
-    op = uploader.wait_operation(uploader.ingest_image(parent, photos["moon"], image_id="moon").name, timeout=120)
-    assert not op.HasField("error")
+    uploader.index_image(parent, photos["moon"], image_id="moon", timeout=120)
     hits = viewer.search_images(parent, image_content=photos["moon"], top_k=1).results
     assert [h.image.name for h in hits] == [f"{parent}/images/moon"]
     delete = admin_service_pb2.DeleteCollectionRequest(name=parent, force=True)
@@ -137,8 +136,8 @@ def test_collections(admin: DeepLensClient, connect: ClientFactory, photos: dict
     _expect(
         grpc.StatusCode.ALREADY_EXISTS, "COLLECTION_EXISTS", lambda: client.admin.CreateCollection(create, metadata=md)
     )
-    client.wait_operation(client.ingest_image(made.name, photos["coffee"]).name, timeout=120)
-    client.wait_operation(client.ingest_image(f"tenants/{tenant}/collections/auto", photos["rocket"]).name, timeout=120)
+    client.index_image(made.name, photos["coffee"], timeout=120)
+    client.index_image(f"tenants/{tenant}/collections/auto", photos["rocket"], timeout=120)
     listed = client.admin.ListCollections(
         admin_service_pb2.ListCollectionsRequest(parent=f"tenants/{tenant}"), metadata=md
     )
@@ -208,7 +207,7 @@ def test_image_limits_and_quota_per_tenant(
         lambda: client.ingest_image(parent, flat.getvalue()),
     )
     for name in ("coins", "camera"):
-        client.wait_operation(client.ingest_image(parent, photos[name]).name, timeout=120)
+        client.index_image(parent, photos[name], timeout=120)
     err = _expect(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "IMAGE_QUOTA_EXCEEDED", lambda: client.ingest_image(parent, photos["moon"])
     )
@@ -261,7 +260,7 @@ def test_audit_log_records_mutations_with_actor_and_outcome(
     viewer = connect(secret)
     with pytest.raises(grpc.RpcError):
         viewer.ingest_image(f"tenants/{tenant}/collections/c", photos["moon"])
-    owner.wait_operation(owner.ingest_image(f"tenants/{tenant}/collections/c", photos["moon"]).name, timeout=120)
+    owner.index_image(f"tenants/{tenant}/collections/c", photos["moon"], timeout=120)
     viewer.search_images(f"tenants/{tenant}", image_content=photos["moon"])  # a read: not audited
     events = owner.admin.ListAuditEvents(
         admin_service_pb2.ListAuditEventsRequest(parent=f"tenants/{tenant}", page_size=100), metadata=owner.metadata
@@ -297,11 +296,9 @@ def test_delete_tenant_dry_run_then_purge(
     tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
     for name in ("coffee", "chelsea", "rocket"):
-        client.wait_operation(client.ingest_image(parent, photos[name]).name, timeout=120)
+        client.index_image(parent, photos[name], timeout=120)
     other, other_client = new_tenant(admin, connect)
-    other_client.wait_operation(
-        other_client.ingest_image(f"tenants/{other}/collections/c", photos["coffee"]).name, timeout=120
-    )
+    other_client.index_image(f"tenants/{other}/collections/c", photos["coffee"], timeout=120)
 
     def purge(force: bool) -> admin_service_pb2.PurgeTenantResponse:
         op = admin.admin.DeleteTenant(
@@ -336,7 +333,7 @@ def test_platform_key_holds_no_tenant_data(
 ) -> None:
     tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
-    client.wait_operation(client.ingest_image(parent, photos["coins"]).name, timeout=120)
+    client.index_image(parent, photos["coins"], timeout=120)
     _expect(
         grpc.StatusCode.PERMISSION_DENIED,
         "TENANT_MISMATCH",
@@ -369,7 +366,7 @@ def test_concurrent_operation_limit(admin: DeepLensClient, connect: ClientFactor
     for op in accepted:
         assert not client.wait_operation(op.name, timeout=120).HasField("error")
     # Once nothing is in flight, the next one is accepted again.
-    assert client.wait_operation(client.ingest_image(parent, photos["moon"]).name, timeout=120).done
+    assert client.index_image(parent, photos["moon"], timeout=120).name
 
 
 def test_hostile_names_are_still_audited_and_nul_text_is_refused(

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import psutil
 import pytest
-from deeplens.client import DeepLensClient, error_info
+from deeplens.client import DeepLensClient, OperationFailed, error_info
 from deeplens.v1 import admin_service_pb2, resources_pb2, search_service_pb2
 from deeplens_stack import Stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -91,7 +91,7 @@ def test_randomized_cross_tenant_attempts_leak_nothing(
     attackers = []
     for role in (resources_pb2.ROLE_VIEWER, resources_pb2.ROLE_EDITOR, resources_pb2.ROLE_TENANT_ADMIN):
         tenant, owner = new_tenant(admin, connect, limits=UNLIMITED)
-        owner.wait_operation(owner.ingest_image(f"tenants/{tenant}/collections/private", photos["moon"]).name)
+        owner.index_image(f"tenants/{tenant}/collections/private", photos["moon"])
         attackers.append((tenant, connect(owner.create_api_key(tenant, role)[1])))
     victim_names = {name for v in victims for name in v["images"]}
 
@@ -280,10 +280,11 @@ def test_hostile_files(stack: Stack, admin: DeepLensClient, connect: ClientFacto
         "100000 x 1 image": _png(100_000, 1),
         "PNG bytes named .jpg": _png(64, 64),
     }.items():
-        op = client.wait_operation(
-            client.ingest_image(parent, content, image_id=f"h{len(outcomes)}.jpg").name, timeout=120
-        )
-        outcomes[label] = error_info(op.error).reason if op.HasField("error") else "indexed"  # type: ignore[union-attr]
+        try:
+            client.index_image(parent, content, image_id=f"h{len(outcomes)}.jpg", timeout=120)
+            outcomes[label] = "indexed"
+        except OperationFailed as failed:
+            outcomes[label] = failed.reason
     assert outcomes == {
         "truncated JPEG": "IMAGE_UNDECODABLE",
         "JPEG with an appended archive (polyglot)": "indexed",

@@ -5,6 +5,7 @@ and errors as one line with the reason — never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from deeplens.aio import AsyncDeepLensClient
-from deeplens.client import ingest_response, operation_metadata
+from deeplens.client import OperationFailed, ingest_response, operation_metadata
 from deeplens_stack import Stack
+from PIL import Image
 
 CLI = str(Path(sys.executable).parent / "deeplens")
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +109,7 @@ def test_async_client_ingests_waits_and_searches(stack: Stack, photos: dict[str,
     assert _cli(stack, admin, "tenants", "create", tenant).returncode == 0
     key = json.loads(_cli(stack, admin, "--json", "keys", "create", tenant, "--role", "editor").stdout)["secret"]
 
-    async def scenario() -> tuple[str, str, int, str]:
+    async def scenario() -> tuple[str, str, int, str, str, str]:
         async with AsyncDeepLensClient(stack.config.grpc_target, api_key=key) as client:
             parent = f"tenants/{tenant}/collections/aio"
             op = await client.ingest_image(parent, photos["camera"], image_id="camera")
@@ -117,12 +119,34 @@ def test_async_client_ingests_waits_and_searches(stack: Stack, photos: dict[str,
             uploaded = await client.upload_images(parent, [(photos["camera"], "camera-again", ["x"])])
             await client.wait_operation(uploaded.name, timeout=120)
             groups = [g async for g in client.iter_duplicate_groups(f"tenants/{tenant}")]
-            return ingest_response(done).image.name, hits.results[0].image.name, len(groups), str(state)
+            moon = await client.index_image(parent, photos["moon"], image_id="moon", timeout=120)
+            refused = ""
+            try:
+                await client.index_image(parent, _truncated_jpeg(photos["coffee"]), image_id="broken", timeout=120)
+            except OperationFailed as failed:
+                refused = failed.reason
+            return (
+                ingest_response(done).image.name,
+                hits.results[0].image.name,
+                len(groups),
+                str(state),
+                moon.name,
+                refused,
+            )
 
-    indexed, top, groups, state = asyncio.run(scenario())
+    indexed, top, groups, state, moon, refused = asyncio.run(scenario())
     assert indexed == top == f"tenants/{tenant}/collections/aio/images/camera"
     assert groups == 1
     assert state != "0"
+    assert moon == f"tenants/{tenant}/collections/aio/images/moon"
+    assert refused == "IMAGE_UNDECODABLE"
+
+
+def _truncated_jpeg(content: bytes) -> bytes:
+    with Image.open(io.BytesIO(content)) as src:
+        out = io.BytesIO()
+        src.convert("RGB").save(out, format="JPEG")
+    return out.getvalue()[: out.tell() // 3]
 
 
 def test_python_client_installs_on_its_own(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import io
 import grpc
 import numpy as np
 import pytest
-from deeplens.client import DeepLensClient, error_info, ingest_response
+from deeplens.client import DeepLensClient, error_info
 from deeplens.v1 import resources_pb2, search_service_pb2
 from deeplens_server.imaging import ImageLimits, decode_image, read_exif
 from PIL import Image
@@ -50,10 +50,7 @@ def test_exif_facts_are_read_and_bad_ones_skipped() -> None:
 def test_image_carries_exif_and_serves_thumbnails(admin: DeepLensClient, connect: ClientFactory) -> None:
     tenant, client = new_tenant(admin, connect)
     name = f"tenants/{tenant}/collections/c/images/canon"
-    done = client.wait_operation(
-        client.ingest_image(f"tenants/{tenant}/collections/c", _photo_with_exif(), image_id="canon").name
-    )
-    image = ingest_response(done).image
+    image = client.index_image(f"tenants/{tenant}/collections/c", _photo_with_exif(), image_id="canon")
     assert (image.exif.camera_make, image.exif.camera_model) == ("Canon", "EOS R5")
     assert image.exif.has_location
     assert image.exif.taken_time.ToDatetime().year == 2024

@@ -150,8 +150,7 @@ def test_corrupt_bytes_are_invalid_argument_and_server_keeps_serving(
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(exc.value).reason == reason  # type: ignore[union-attr]
 
-    done = client.wait_operation(client.ingest_image(parent, photos["brick"]).name, timeout=120)
-    assert not done.HasField("error")
+    client.index_image(parent, photos["brick"], timeout=120)
 
 
 def test_image_broken_after_its_header_fails_the_operation_with_a_reason(
@@ -208,8 +207,8 @@ def test_request_id_makes_ingest_idempotent(
     assert first.name == again.name
     client.wait_operation(first.name, timeout=120)
     # Same bytes without a request id: a new operation, but the same image (content-addressed id).
-    second = client.wait_operation(client.ingest_image(parent, photos["text"]).name, timeout=120)
-    assert ingest_response(second).image.name == ingest_response(client.get_operation(first.name)).image.name
+    second = client.index_image(parent, photos["text"], timeout=120)
+    assert second.name == ingest_response(client.get_operation(first.name)).image.name
     hits = client.search_images(parent, image_content=photos["text"], top_k=10).results
     assert len(hits) == 1
 

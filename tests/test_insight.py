@@ -25,7 +25,7 @@ def test_tenant_stats_health_and_models(
     other, _ = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/stats"
     for name in ("a", "b"):  # the same bytes twice: one duplicate group
-        client.wait_operation(client.ingest_image(parent, photos["coins"], image_id=name).name, timeout=120)
+        client.index_image(parent, photos["coins"], image_id=name, timeout=120)
 
     stats = client.admin.GetTenantStats(
         admin_service_pb2.GetTenantStatsRequest(name=f"tenants/{tenant}"), metadata=client.metadata
@@ -71,7 +71,7 @@ async def test_vector_count_shows_drift_where_the_index_can_count(
     tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/drift"
     for name, photo in (("a", "coins"), ("b", "coffee")):
-        client.wait_operation(client.ingest_image(parent, photos[photo], image_id=name).name, timeout=120)
+        client.index_image(parent, photos[photo], image_id=name, timeout=120)
     request = admin_service_pb2.GetTenantStatsRequest(name=f"tenants/{tenant}")
     before = client.admin.GetTenantStats(request, metadata=client.metadata)
     assert (before.images, before.vectors) == (2, 2)

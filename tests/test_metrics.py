@@ -67,7 +67,7 @@ def test_a_search_reads_the_tenant_with_its_key_and_sees_settings_changed_a_mome
     tenant, client = new_tenant(admin, connect)
     collection = f"tenants/{tenant}/collections/m"
     for name in ("moon", "coins"):
-        client.wait_operation(client.ingest_image(collection, photos[name], image_id=name).name, timeout=120)
+        client.index_image(collection, photos[name], image_id=name, timeout=120)
     searches = 20
     before = _transactions(stack)
     for _ in range(searches):

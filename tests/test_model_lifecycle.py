@@ -77,9 +77,9 @@ def test_tenant_moves_to_another_model_and_back(
     bystander, other = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/lifecycle"
     for name in PHOTOS:
-        client.wait_operation(client.ingest_image(parent, photos[name], image_id=name).name, timeout=120)
+        client.index_image(parent, photos[name], image_id=name, timeout=120)
     other_parent = f"tenants/{bystander}/collections/c"
-    other.wait_operation(other.ingest_image(other_parent, photos["chelsea"], image_id="chelsea").name, timeout=120)
+    other.index_image(other_parent, photos["chelsea"], image_id="chelsea", timeout=120)
     assert client.get_tenant(f"tenants/{tenant}").embedding_model == EFFICIENTNET
     before = client.search_images(parent, image_content=photos["chelsea"], top_k=3)
     assert (before.model, before.results[0].image.name.rsplit("/", 1)[-1]) == (EFFICIENTNET, "chelsea")
@@ -176,7 +176,7 @@ def test_reindex_refusals(admin: DeepLensClient, connect: ClientFactory, photos:
     assert (empty.model, empty.images) == (MOBILENET, 0)
     parent = f"tenants/{tenant}/collections/c"
     for name in PHOTOS[:4]:
-        client.wait_operation(client.ingest_image(parent, photos[name], image_id=name).name, timeout=120)
+        client.index_image(parent, photos[name], image_id=name, timeout=120)
     assert client.search_images(parent, image_content=photos["coins"], top_k=1).model == MOBILENET
     op = client.reindex_tenant(tenant, EFFICIENTNET)
     try:
@@ -197,7 +197,7 @@ def test_cancelled_reindex_leaves_the_tenant_where_it_was(
     tenant, client = new_tenant(admin, connect)
     parent = f"tenants/{tenant}/collections/c"
     for name in PHOTOS[:3]:
-        client.wait_operation(client.ingest_image(parent, photos[name], image_id=name).name, timeout=120)
+        client.index_image(parent, photos[name], image_id=name, timeout=120)
     op = client.reindex_tenant(tenant, MOBILENET)
     client.operations.CancelOperation(operations_pb2.CancelOperationRequest(name=op.name), metadata=client.metadata)
     final = client.wait_operation(op.name, timeout=120)

@@ -18,7 +18,14 @@ import grpc
 from google.longrunning import operations_pb2_grpc
 from google.longrunning import operations_proto_pb2 as operations_pb2
 
-from deeplens.client import CHANNEL_OPTIONS, CHUNK_BYTES, file_upload_requests, search_request, upload_requests
+from deeplens.client import (
+    CHANNEL_OPTIONS,
+    CHUNK_BYTES,
+    file_upload_requests,
+    indexed_image,
+    search_request,
+    upload_requests,
+)
 from deeplens.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -77,6 +84,21 @@ class AsyncDeepLensClient:
             parent=parent, content=content, image_id=image_id, tags=list(tags), request_id=request_id
         )
         return await self.ingest.IngestImage(request, metadata=self._metadata, timeout=self._timeout)
+
+    async def index_image(
+        self,
+        parent: str,
+        content: bytes,
+        *,
+        image_id: str = "",
+        tags: Iterable[str] = (),
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> resources_pb2.Image:
+        """Ingests one image and waits (up to ``timeout`` seconds) until it is searchable; returns the indexed
+        image, or raises ``OperationFailed`` with the reason it was not indexed."""
+        operation = await self.ingest_image(parent, content, image_id=image_id, tags=tags, request_id=request_id)
+        return indexed_image(await self.wait_operation(operation.name, timeout=timeout))
 
     async def upload_images(
         self,

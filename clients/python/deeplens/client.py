@@ -183,6 +183,27 @@ def ingest_response(operation: operations_pb2.Operation) -> ingest_service_pb2.I
     return response
 
 
+class OperationFailed(Exception):
+    """A finished operation that ended in an error: ``status`` is its ``google.rpc.Status``, ``reason`` the
+    ``ErrorInfo`` reason in it (e.g. ``IMAGE_UNDECODABLE``; empty if it has none)."""
+
+    def __init__(self, operation: operations_pb2.Operation) -> None:
+        self.operation = operation
+        self.status = operation.error
+        info = error_info(operation.error)
+        self.reason = info.reason if info is not None else ""
+        super().__init__(f"{operation.name}: {self.reason or self.status.code}: {self.status.message}")
+
+
+def indexed_image(operation: operations_pb2.Operation) -> resources_pb2.Image:
+    """The image a finished IngestImage operation indexed; ``OperationFailed`` if it failed."""
+    if not operation.done:
+        raise ValueError(f"{operation.name} is not done")
+    if operation.HasField("error"):
+        raise OperationFailed(operation)
+    return ingest_response(operation).image
+
+
 class DeepLensClient:
     """Calls DeepLens with one API key. ``timeout`` is the default deadline per call, in seconds.
 
@@ -269,6 +290,21 @@ class DeepLensClient:
             parent=parent, content=content, image_id=image_id, tags=list(tags), request_id=request_id
         )
         return self.ingest.IngestImage(request, metadata=self._metadata, timeout=self._timeout)
+
+    def index_image(
+        self,
+        parent: str,
+        content: bytes,
+        *,
+        image_id: str = "",
+        tags: Iterable[str] = (),
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> resources_pb2.Image:
+        """Ingests one image and waits (up to ``timeout`` seconds) until it is searchable; returns the indexed
+        image, or raises ``OperationFailed`` with the reason it was not indexed."""
+        operation = self.ingest_image(parent, content, image_id=image_id, tags=tags, request_id=request_id)
+        return indexed_image(self.wait_operation(operation.name, timeout=timeout))
 
     def upload_images(
         self,
