@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from compose_spec import PyCompose
+from deeplens_server.config import TRITON_QUERY_SUFFIX
 from deeplens_stack import milvus_server
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -150,6 +151,10 @@ def test_triton_configs_are_valid_model_configs(backend: str, lane: str) -> None
             else model_config_pb2.ModelInstanceGroup.KIND_AUTO
         )
         assert config.instance_group[0].kind == kind
+
+
+def test_the_server_looks_for_the_query_twins_the_catalog_writes() -> None:
+    assert catalog.QUERY_SUFFIX == TRITON_QUERY_SUFFIX
 
 
 def test_native_configs_match_the_exported_graphs(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The query lane's twin of a model is named ``<model><suffix>`` (triton_models/catalog.py writes them).
+TRITON_QUERY_SUFFIX = "_query"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPLENS_", frozen=True)
@@ -32,7 +35,7 @@ class Settings(BaseSettings):
     triton_url: str = "127.0.0.1:50801"
     # Searches embed through the model's twin with this suffix (triton_models/catalog.py serves one without
     # the bulk lane's batching window), or through the model itself where none is served. Empty: never.
-    triton_query_suffix: str = "_query"
+    triton_query_suffix: str = TRITON_QUERY_SUFFIX
     grpc_listen: str = "127.0.0.1:50051"
     # Prometheus /metrics endpoints (host:port; empty = off): the server's, and a worker's.
     metrics_listen: str = ""

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from opentelemetry.trace import SpanKind
 from tritonclient.utils import InferenceServerException
 
+from deeplens_server.config import TRITON_QUERY_SUFFIX
 from deeplens_server.errors import Unavailable
 from deeplens_server.metrics import TRITON_SECONDS
 from deeplens_server.telemetry import span
@@ -42,7 +43,7 @@ class RepositoryEntry:
 
 
 class Embedder:
-    def __init__(self, url: str, *, model: str, version: str, query_suffix: str = "_query") -> None:
+    def __init__(self, url: str, *, model: str, version: str, query_suffix: str = TRITON_QUERY_SUFFIX) -> None:
         self._client = triton.InferenceServerClient(url=url)
         self.model = model
         self.version = version
