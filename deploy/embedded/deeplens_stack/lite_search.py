@@ -56,6 +56,11 @@ _MASK_FAST = """        if _deeplens_fast:
 """
 
 
+def _positions(pks: Sequence[Any]) -> dict[Any, int]:
+    """Each key's row in a source whose keys are unique (built only when some of its keys need a check)."""
+    return dict(zip(pks, range(len(pks)), strict=True))
+
+
 def newest_of_repeated(newest: dict[Any, int], sources: Sequence[tuple[Sequence[Any], NDArray[Any]]]) -> bool:
     """Fills ``newest`` with the highest sequence number of each key found in more than one source (segments and
     the memtable), and returns True; False (``newest`` untouched) when a source repeats a key within itself,
@@ -73,7 +78,7 @@ def newest_of_repeated(newest: dict[Any, int], sources: Sequence[tuple[Sequence[
             here = repeated.intersection(pks)
             if not here:
                 continue
-            row = dict(zip(pks, range(len(pks)), strict=True))
+            row = _positions(pks)
             for pk in here:
                 seq = int(seqs[row[pk]])
                 if newest.get(pk, -1) < seq:
@@ -98,7 +103,7 @@ def valid_rows(
     suspects.update(memtable_deletes)
     here = suspects.intersection(pks)
     if here:
-        row = dict(zip(pks, range(len(pks)), strict=True))
+        row = _positions(pks)
         for pk in here:
             i = row[pk]
             seq = int(seqs[i])
