@@ -29,7 +29,7 @@ def roles() -> dict[int, str]:
         for role, hit in (
             ("server", "deeplens_server" in args),
             ("worker", "deeplens_worker" in args),
-            ("milvus", comm == "milvus" or "milvus-lite" in args or "deeplens_stack.lite_search" in args),
+            ("milvus", comm == "milvus" or "milvus-lite" in args or "deeplens_stack.lite_server" in args),
             ("triton", "triton" in comm),
             ("postgres", "postgres" in comm or "postgres" in args),
             ("redis", "redis" in comm),

@@ -86,7 +86,7 @@ def start(engine: str, home: Path, settings: dict[str, str]) -> tuple[subprocess
     else:
         env = {**os.environ, "MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(MILVUS_LITE_MEMTABLE_BYTES)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "deeplens_stack.lite_search", "server", "--data-dir", str(home), "--host",
+            [sys.executable, "-m", "deeplens_stack.lite_server", "server", "--data-dir", str(home), "--host",
              "127.0.0.1", "--port", str(port), "--max-workers", "64"],
             env=env, stdout=(home / "out.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -1,5 +1,4 @@
-"""Milvus Lite with a faster search mask: ``python -m deeplens_stack.lite_search server --data-dir ...`` runs
-``milvus-lite`` (same arguments) after :func:`install`.
+"""Milvus Lite with a faster search mask (installed by ``deeplens_stack.lite_server``).
 
 Milvus Lite 3.2.2 decides, for every search, which rows of the searched partition count: a row counts if it is
 the newest copy of its key across segments and the memtable, and no delete newer than it exists. It decides that
@@ -18,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -151,14 +149,3 @@ def install() -> bool:
         return False
     collection.execute_search_with_index = search
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    from milvus_lite.cmdline import main as milvus_lite_main
-
-    install()
-    return int(milvus_lite_main(argv) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

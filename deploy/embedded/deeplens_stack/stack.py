@@ -401,10 +401,11 @@ class Stack:
             self._start_milvus_server()
             return
         args = [
-            # milvus-lite itself, with the faster row mask of lite_search (exactly the engine's results).
+            # milvus-lite itself, with each collection's writes one at a time (lite_writes) and the faster row
+            # mask of lite_search (exactly the engine's results).
             sys.executable,
             "-m",
-            "deeplens_stack.lite_search",
+            "deeplens_stack.lite_server",
             "server",
             "--data-dir",
             str(self.data_dir / "milvus"),

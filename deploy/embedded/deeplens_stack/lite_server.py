@@ -1,0 +1,21 @@
+"""``python -m deeplens_stack.lite_server server --data-dir ...``: ``milvus-lite`` (same arguments), with each
+collection's writes taken one at a time (:mod:`deeplens_stack.lite_writes`: without it, concurrent writers lose
+rows) and the faster search mask of :mod:`deeplens_stack.lite_search` (exactly the engine's results)."""
+
+from __future__ import annotations
+
+import sys
+
+from deeplens_stack import lite_search, lite_writes
+
+
+def main(argv: list[str] | None = None) -> int:
+    from milvus_lite.cmdline import main as milvus_lite_main
+
+    lite_writes.install()
+    lite_search.install()
+    return int(milvus_lite_main(argv) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
