@@ -73,8 +73,9 @@ async def _stored_counts(stack: Stack, tenant: str) -> tuple[int, int]:
 
 
 async def _settled_counts(stack: Stack, tenant: str, expected: tuple[int, int]) -> tuple[int, int]:
-    """``_stored_counts`` once they equal ``expected``, or after 10 s. A lost row still fails; a read that
-    missed a row for a moment (once in CI on Milvus Lite, 949 of 950 vectors, not reproduced) is reported."""
+    """``_stored_counts`` once they equal ``expected``, or after 10 s. A lost row still fails (CI on Milvus Lite
+    once found 948 of 950 vectors for good: concurrent writers losing rows, now prevented by
+    deeplens_stack.lite_writes); a read that misses a row only for a moment is reported and read again."""
     counts = await _stored_counts(stack, tenant)
     for _ in range(10):
         if counts == expected:

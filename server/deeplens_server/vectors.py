@@ -190,7 +190,9 @@ class VectorIndex:
         # Milvus 2.3 servers place upserted rows in the wrong partition when the collection has a partition
         # key (they are then invisible to tenant-filtered reads): there, an upsert is a delete then an insert.
         self._replace_upserts = False
-        # Milvus Lite wants one writer per collection; one lock per process keeps this process's writes serial.
+        # One write at a time per process, coalescing the rows queued meanwhile (fewer, larger upserts). It cannot
+        # cover the other processes: the embedded stack's Milvus Lite server takes each collection's writes one at
+        # a time itself (deeplens_stack.lite_writes), which its engine needs.
         self._write_lock = asyncio.Lock()
         self._queued: list[_Write] = []
 
