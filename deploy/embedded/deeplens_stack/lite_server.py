@@ -1,12 +1,13 @@
 """``python -m deeplens_stack.lite_server server --data-dir ...``: ``milvus-lite`` (same arguments), with each
 collection's writes taken one at a time (:mod:`deeplens_stack.lite_writes`: without it, concurrent writers lose
-rows) and the faster search mask of :mod:`deeplens_stack.lite_search` (exactly the engine's results)."""
+rows), the faster search mask of :mod:`deeplens_stack.lite_search` and the copy-free brute-force search of
+:mod:`deeplens_stack.lite_brute_force` (the engine's results, each checked against the engine's own code)."""
 
 from __future__ import annotations
 
 import sys
 
-from deeplens_stack import lite_search, lite_writes
+from deeplens_stack import lite_brute_force, lite_search, lite_writes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lite_writes.install()
     lite_search.install()
+    lite_brute_force.install()
     return int(milvus_lite_main(argv) or 0)
 
 
