@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 from deeplens_stack import lite_search
-from milvus_lite.db import MilvusLite
 from milvus_lite.engine import collection as engine
-from milvus_lite.schema.types import CollectionSchema, DataType, FieldSchema
 from milvus_lite.search import executor_indexed
+
+from tests.lite_engine import lite_collection
 
 DIM = 8
 
@@ -24,19 +24,8 @@ def _rows(rng: np.random.Generator, keys: range | list[int]) -> list[dict[str, A
 
 @pytest.fixture
 def lite(tmp_path: Path) -> Any:
-    db = MilvusLite(str(tmp_path / "lite"))
-    schema = CollectionSchema(
-        fields=[
-            FieldSchema("pk", DataType.VARCHAR, is_primary=True, max_length=64),
-            FieldSchema("tenant_key", DataType.INT64),
-            FieldSchema("vector", DataType.FLOAT_VECTOR, dim=DIM),
-        ]
-    )
-    coll = db.create_collection("c", schema)
-    coll.create_index("vector", {"index_type": "HNSW", "metric_type": "COSINE", "params": {"M": 8}})
-    coll.load()
-    yield coll
-    db.close()
+    with lite_collection(tmp_path / "lite", DIM) as coll:
+        yield coll
 
 
 def test_searches_return_what_the_engines_own_mask_returns(lite: Any, monkeypatch: pytest.MonkeyPatch) -> None:

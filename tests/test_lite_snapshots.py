@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 from deeplens_stack import lite_snapshots
-from milvus_lite.db import MilvusLite
 from milvus_lite.engine import collection as engine
 from milvus_lite.engine.compaction import CompactionManager
-from milvus_lite.schema.types import CollectionSchema, DataType, FieldSchema
+
+from tests.lite_engine import lite_collection
 
 DIM = 32
 REPLACED = ("_read_snapshot", "_refresh_segment_cache", "_trigger_flush")
@@ -32,19 +32,8 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def lite(tmp_path: Path) -> Iterator[Any]:
-    db = MilvusLite(str(tmp_path / "lite"))
-    schema = CollectionSchema(
-        fields=[
-            FieldSchema("pk", DataType.VARCHAR, is_primary=True, max_length=64),
-            FieldSchema("tenant_key", DataType.INT64),
-            FieldSchema("vector", DataType.FLOAT_VECTOR, dim=DIM),
-        ]
-    )
-    coll = db.create_collection("c", schema)
-    coll.create_index("vector", {"index_type": "HNSW", "metric_type": "COSINE", "params": {"M": 8}})
-    coll.load()
-    yield coll
-    db.close()
+    with lite_collection(tmp_path / "lite", DIM) as coll:
+        yield coll
 
 
 def _rows(keys: list[str], seed: int) -> list[dict[str, Any]]:

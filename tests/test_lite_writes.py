@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 from deeplens_stack import lite_writes
-from milvus_lite.db import MilvusLite
 from milvus_lite.engine import collection as engine
-from milvus_lite.schema.types import CollectionSchema, DataType, FieldSchema
+
+from tests.lite_engine import lite_collection
 
 DIM = 1280  # efficientnet_lite0's embeddings: a 32 KB table flushes every few rows, as in the stack
 THREADS, ROWS, BATCH = 6, 300, 2
@@ -34,19 +34,8 @@ def serialized(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def lite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setattr(engine, "MEMTABLE_MEMORY_LIMIT", 32 * 1024)
-    db = MilvusLite(str(tmp_path / "lite"))
-    schema = CollectionSchema(
-        fields=[
-            FieldSchema("pk", DataType.VARCHAR, is_primary=True, max_length=64),
-            FieldSchema("tenant_key", DataType.INT64, is_partition_key=True),
-            FieldSchema("vector", DataType.FLOAT_VECTOR, dim=DIM),
-        ]
-    )
-    coll = db.create_collection("c", schema)
-    coll.create_index("vector", {"index_type": "HNSW", "metric_type": "COSINE", "params": {"M": 8}})
-    coll.load()
-    yield coll
-    db.close()
+    with lite_collection(tmp_path / "lite", DIM, partition_key=True) as coll:
+        yield coll
 
 
 @pytest.fixture
