@@ -96,8 +96,8 @@ def search(
         rows = np.flatnonzero(valid_mask).astype(np.int64)
         if rows.size == 0:
             return ids, dists
-        if rows.size * 4 < n:
-            found = _distances(queries, vectors[rows], index.metric)
+        if rows.size * 4 < n:  # the segment's kept norms serve the copy too
+            found = _distances(queries, vectors[rows], index.metric, None if norms is None else norms[rows])
         else:
             found = _distances(queries, vectors, index.metric, norms)[:, rows]
     else:
