@@ -401,9 +401,7 @@ class Stack:
             self._start_milvus_server()
             return
         args = [
-            # milvus-lite itself, with each collection's writes one at a time (lite_writes), reads that do not
-            # wait for merges (lite_snapshots), the faster row mask of lite_search and the copy-free brute-force
-            # search of lite_brute_force (the engine's results).
+            # milvus-lite itself, with the changes lite_server lists (writes one at a time among them).
             sys.executable,
             "-m",
             "deeplens_stack.lite_server",
