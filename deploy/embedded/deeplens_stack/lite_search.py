@@ -8,6 +8,9 @@ eighteenth round). Almost every key appears once and has no delete. Set operatio
 do; only their rows are checked one by one, with the same tests. Rows and their order are unchanged, so every
 search returns what the engine's own code returns (``tests/test_lite_search.py`` compares the two).
 
+Segments never change once written, so which keys they share is worked out once per set of segments and kept
+(:func:`segment_repeats`); a search adds only the in-memory table's keys, looked up in each segment's own key map.
+
 :func:`install` rewrites that module's source, and only the exact source it was written against (its SHA-256):
 any other version of Milvus Lite runs as it is.
 """
@@ -17,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,9 +38,9 @@ _DEDUP_LOOPS = """    for seg in in_scope_segments:
         _update_max_seqs(mt_pks, mt_seqs)
 """
 _DEDUP_FAST = """    _deeplens_fast = _deeplens_newest(
-        global_max_seqs,
-        [(seg.pks, seg.seqs) for seg in in_scope_segments] + ([(mt_pks, mt_seqs)] if mt_pks else []),
+        global_max_seqs, in_scope_segments, (mt_pks, mt_seqs) if mt_pks else None
     )
+    _deeplens_rows = {id(seg.seqs): seg.pk_to_row for seg in in_scope_segments}
     if not _deeplens_fast:
         for seg in in_scope_segments:
             _update_max_seqs(list(seg.pks), seg.seqs)
@@ -47,11 +52,27 @@ _MASK_HEAD = """        n = len(pks)
         for i in range(n):
 """
 _MASK_FAST = """        if _deeplens_fast:
-            return _deeplens_mask(pks, seqs, filter_mask, global_max_seqs, delta_index, mt_deletes)
+            return _deeplens_mask(
+                pks, seqs, filter_mask, global_max_seqs, delta_index, mt_deletes, _deeplens_rows.get(id(seqs))
+            )
         n = len(pks)
         local_mask = np.zeros(n, dtype=bool)
         for i in range(n):
 """
+
+
+class SegmentKeys(Protocol):
+    """What the mask reads of a Milvus Lite ``Segment``: its keys in row order, their sequence numbers, and the
+    map from key to row the segment builds when it loads."""
+
+    pks: Sequence[Any]
+    seqs: NDArray[Any]
+    pk_to_row: Mapping[Any, int]
+
+
+CACHED_SEGMENT_SETS = 8
+_repeats: OrderedDict[tuple[int, ...], tuple[tuple[NDArray[Any], ...], dict[Any, int] | None]] = OrderedDict()
+_repeats_lock = threading.Lock()
 
 
 def _positions(pks: Sequence[Any]) -> dict[Any, int]:
@@ -59,28 +80,71 @@ def _positions(pks: Sequence[Any]) -> dict[Any, int]:
     return dict(zip(pks, range(len(pks)), strict=True))
 
 
-def newest_of_repeated(newest: dict[Any, int], sources: Sequence[tuple[Sequence[Any], NDArray[Any]]]) -> bool:
-    """Fills ``newest`` with the highest sequence number of each key found in more than one source (segments and
-    the memtable), and returns True; False (``newest`` untouched) when a source repeats a key within itself,
-    which the engine never writes, so that the caller falls back to its own loops."""
+def _keep_newest(newest: dict[Any, int], pk: Any, seq: int) -> None:
+    if newest.get(pk, -1) < seq:
+        newest[pk] = seq
+
+
+def _repeats_among(segments: Sequence[SegmentKeys]) -> dict[Any, int] | None:
     seen: set[Any] = set()
     repeated: set[Any] = set()
-    for pks, _ in sources:
-        keys = set(pks)
-        if len(keys) != len(pks):
-            return False
-        repeated |= seen.intersection(keys)
+    for seg in segments:
+        keys = seg.pk_to_row.keys()
+        if len(keys) != len(seg.pks):
+            return None
+        repeated |= keys & seen
         seen |= keys
+    newest: dict[Any, int] = {}
     if repeated:
-        for pks, seqs in sources:
-            here = repeated.intersection(pks)
-            if not here:
-                continue
-            row = _positions(pks)
-            for pk in here:
-                seq = int(seqs[row[pk]])
-                if newest.get(pk, -1) < seq:
-                    newest[pk] = seq
+        for seg in segments:
+            rows = seg.pk_to_row
+            for pk in repeated:
+                row = rows.get(pk)
+                if row is not None:
+                    _keep_newest(newest, pk, int(seg.seqs[row]))
+    return newest
+
+
+def segment_repeats(segments: Sequence[SegmentKeys]) -> dict[Any, int] | None:
+    """The highest sequence number of each key found in more than one of ``segments``, or None when a segment
+    repeats a key within itself (which the engine never writes). Kept for the last few sets of segments: the
+    entry holds the segments' ``seqs`` arrays, so their ids name those segments for as long as it is kept."""
+    key = tuple(id(seg.seqs) for seg in segments)
+    with _repeats_lock:
+        kept = _repeats.get(key)
+        if kept is not None:
+            _repeats.move_to_end(key)
+            return kept[1]
+    newest = _repeats_among(segments)
+    with _repeats_lock:
+        _repeats[key] = (tuple(seg.seqs for seg in segments), newest)
+        while len(_repeats) > CACHED_SEGMENT_SETS:
+            _repeats.popitem(last=False)
+    return newest
+
+
+def newest_of_repeated(
+    newest: dict[Any, int],
+    segments: Sequence[SegmentKeys],
+    memtable: tuple[Sequence[Any], NDArray[Any]] | None,
+) -> bool:
+    """Fills ``newest`` with the highest sequence number of each key found in more than one source (the segments
+    and the in-memory table), and returns True; False (``newest`` untouched) when a source repeats a key within
+    itself, which the engine never writes, so that the caller falls back to its own loops."""
+    among_segments = segment_repeats(segments)
+    if among_segments is None:
+        return False
+    found: dict[Any, int] = {}
+    if memtable is not None:
+        pks, seqs = memtable
+        if len(set(pks)) != len(pks):
+            return False
+        for pk, seq in zip(pks, seqs.tolist(), strict=True):
+            copies = [int(seg.seqs[row]) for seg in segments if (row := seg.pk_to_row.get(pk)) is not None]
+            if copies:
+                found[pk] = max(int(seq), *copies)
+    newest.update(among_segments)
+    newest.update(found)
     return True
 
 
@@ -91,27 +155,28 @@ def valid_rows(
     newest: Mapping[Any, int],
     delta_index: Any,
     memtable_deletes: Mapping[Any, tuple[int, Any]],
+    rows: Mapping[Any, int] | None = None,
 ) -> NDArray[np.bool_]:
     """The engine's ``_build_local_mask`` for one source: a row counts unless its key has a newer copy elsewhere
     (``newest`` holds only keys found more than once), a delete newer than it (the delta index, or the memtable's
-    deletes not flushed yet), or fails the filter."""
+    deletes not flushed yet), or fails the filter. ``rows`` is the source's key-to-row map where it has one (a
+    segment's), so that only the few suspect keys are looked up, not every row's."""
     mask = np.ones(len(pks), dtype=bool)
     suspects = set(newest)
     suspects.update(delta_index.snapshot)
     suspects.update(memtable_deletes)
-    here = suspects.intersection(pks)
-    if here:
-        row = _positions(pks)
-        for pk in here:
-            i = row[pk]
-            seq = int(seqs[i])
-            pending = memtable_deletes.get(pk)
-            if (
-                newest.get(pk, seq) != seq
-                or delta_index.is_deleted(pk, seq)
-                or (pending is not None and pending[0] > seq)
-            ):
-                mask[i] = False
+    if rows is not None and len(rows) == len(pks) and len(suspects) <= len(pks):
+        row = rows
+        here: Sequence[Any] | set[Any] = [pk for pk in suspects if pk in rows]
+    else:
+        here = suspects.intersection(pks)
+        row = _positions(pks) if here else {}
+    for pk in here:
+        i = row[pk]
+        seq = int(seqs[i])
+        pending = memtable_deletes.get(pk)
+        if newest.get(pk, seq) != seq or delta_index.is_deleted(pk, seq) or (pending is not None and pending[0] > seq):
+            mask[i] = False
     if filter_mask is not None:
         mask &= filter_mask.astype(bool)
     return mask
