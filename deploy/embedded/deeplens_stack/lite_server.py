@@ -4,14 +4,16 @@
   lose rows);
 - reads that do not wait for the background merges of segments (:mod:`deeplens_stack.lite_snapshots`);
 - the faster search mask of :mod:`deeplens_stack.lite_search`, and the copy-free brute-force search of
-  :mod:`deeplens_stack.lite_brute_force` (the engine's results, each checked against the engine's own code).
+  :mod:`deeplens_stack.lite_brute_force` (the engine's results, each checked against the engine's own code);
+- background merges and graph builds on one core, leaving the other to searches
+  (:mod:`deeplens_stack.lite_background`).
 """
 
 from __future__ import annotations
 
 import sys
 
-from deeplens_stack import lite_brute_force, lite_search, lite_snapshots, lite_writes
+from deeplens_stack import lite_background, lite_brute_force, lite_search, lite_snapshots, lite_writes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     lite_snapshots.install()
     lite_search.install()
     lite_brute_force.install()
+    lite_background.install()
     return int(milvus_lite_main(argv) or 0)
 
 
