@@ -1,5 +1,6 @@
 """With deeplens_stack.lite_snapshots, Milvus Lite's reads do not wait for a merge of segments, still wait for a
-flush of the in-memory table, and see exactly the live rows while real merges and tombstone GC run beside them."""
+flush of the in-memory table, are read again when a flush overtakes them, and see exactly the live rows while real
+merges and tombstone GC run beside them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from milvus_lite.engine.compaction import CompactionManager
 from tests.lite_engine import lite_collection
 
 DIM = 32
-REPLACED = ("_read_snapshot", "_refresh_segment_cache", "_trigger_flush")
+REPLACED = ("_read_snapshot", "_refresh_segment_cache", "_trigger_flush", *lite_snapshots.READS)
 
 
 @pytest.fixture
@@ -86,6 +87,63 @@ def test_a_read_during_a_flush_waits_and_sees_every_row(lite: Any) -> None:
     reader.join(timeout=20)
     assert waited, "a read went on while the flush held rows in neither place"
     assert found == [sorted(f"r{k}" for k in range(30))]
+
+
+def _searched(lite: Any) -> list[str]:
+    return sorted(h["id"] for h in lite.search([[0.1] * DIM], top_k=100, expr="tenant_key == 1")[0])
+
+
+@pytest.mark.usefixtures("installed")
+@pytest.mark.parametrize("read", [_live, _searched], ids=["query", "search"])
+def test_a_read_that_a_flush_overtakes_is_read_again(lite: Any, monkeypatch: pytest.MonkeyPatch, read: Any) -> None:
+    """The flush runs right after the read's snapshot of the segments, before the read looks at the in-memory
+    table: read once, the flushed rows would be in neither."""
+    lite.insert(_rows([f"r{k}" for k in range(30)], 3))  # in the in-memory table only
+    snapshot = engine.Collection._read_snapshot
+    overtaken: list[int] = []
+
+    def then_a_flush(self: Any) -> Any:
+        taken = snapshot(self)
+        if not overtaken:
+            overtaken.append(1)
+            flusher, _ = _in_thread(self.flush)
+            flusher.join(timeout=20)
+            assert not flusher.is_alive()
+        return taken
+
+    monkeypatch.setattr(engine.Collection, "_read_snapshot", then_a_flush)
+    assert sorted(read(lite)) == sorted(f"r{k}" for k in range(30))
+    assert overtaken, "no flush overtook the read"
+
+
+@pytest.mark.usefixtures("installed")
+def test_a_read_overtaken_again_and_again_holds_flushes_back_for_its_last_try(
+    lite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = engine.Collection._read_snapshot
+    tries: list[bool] = []  # per try: whether a flush could run after its snapshot
+
+    def then_a_flush(self: Any) -> Any:
+        taken = snapshot(self)
+        self.insert(_rows([f"t{len(tries)}"], 10 + len(tries)))  # something for the flush to move
+        flusher, _ = _in_thread(self.flush)
+        flusher.join(timeout=0.5 if len(tries) == lite_snapshots.READ_TRIES else 20)
+        tries.append(not flusher.is_alive())
+        return taken
+
+    lite.insert(_rows([f"r{k}" for k in range(10)], 4))
+    monkeypatch.setattr(engine.Collection, "_read_snapshot", then_a_flush)
+    found = _live(lite)
+    assert tries == [True] * lite_snapshots.READ_TRIES + [False]  # the last try's flush waited for it
+    # Every row written before the last try began, and none twice; the last try's own row may or may not be seen.
+    before = {f"r{k}" for k in range(10)} | {f"t{i}" for i in range(lite_snapshots.READ_TRIES)}
+    assert before <= set(found) <= before | {f"t{lite_snapshots.READ_TRIES}"}
+    assert len(found) == len(set(found))
+    monkeypatch.setattr(engine.Collection, "_read_snapshot", snapshot)
+    deadline = time.monotonic() + 20
+    while lite._memtable.size() and time.monotonic() < deadline:  # the held-back flush ran once the read ended
+        time.sleep(0.01)
+    assert lite._memtable.size() == 0
 
 
 @pytest.mark.usefixtures("installed")

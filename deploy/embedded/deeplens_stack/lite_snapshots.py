@@ -14,7 +14,12 @@ every read still sees what the engine's own lock showed it:
   right after the refresh, in the same hold of the read lock: a read sees old segments with old tombstones, or new
   with new (a deleted row never comes back);
 - a read waits while a flush moves the in-memory table into a segment, as it waited on the engine's lock before
-  (the engine swaps the table out before taking that lock, so its rows would be in neither place).
+  (the engine swaps the table out before taking that lock, so its rows would be in neither place);
+- a read that a flush overtook is read again. The engine's reads take their snapshot of the segments first and
+  read the in-memory table after it: a flush that starts between the two leaves them the old segments and the new,
+  empty table, and the flushed rows in neither (a search missing rows that were written before it began). Each
+  flush counts itself before it swaps the table; a read that sees the count move while it ran is done again, and
+  after a few tries it holds flushes back for its last try.
 
 Each replaced method must have the source it was written against (SHA-256), or nothing changes.
 """
@@ -43,12 +48,21 @@ _PENDING_GC = "_deeplens_pending_gc"
 _creating = threading.Lock()
 
 
+# The engine's reads that take a snapshot of the segments and then read the in-memory table.
+READS = ("search", "query", "get", "_num_entities")
+# Reads overtaken by a flush this many times in a row hold flushes back for their next try.
+READ_TRIES = 3
+
+
 class _Snapshots:
-    """A collection's read lock, and how many flushes are moving its in-memory table."""
+    """A collection's read lock; how many flushes are moving its in-memory table, and how many have started; how
+    many reads are holding flushes back."""
 
     def __init__(self) -> None:
         self.changed = threading.Condition(threading.RLock())
         self.flushing = 0
+        self.flushes = 0
+        self.holding = 0
 
 
 def _state(collection: Any) -> _Snapshots:
@@ -107,7 +121,9 @@ def _waited_for(flush: Callable[[Any], None]) -> Callable[[Any], None]:
     def trigger_flush(self: Any) -> None:
         state = _state(self)
         with state.changed:
+            state.changed.wait_for(lambda: state.holding == 0)
             state.flushing += 1
+            state.flushes += 1
         try:
             flush(self)
         finally:
@@ -117,6 +133,28 @@ def _waited_for(flush: Callable[[Any], None]) -> Callable[[Any], None]:
 
     trigger_flush.__deeplens_snapshots__ = True  # type: ignore[attr-defined]
     return trigger_flush
+
+
+def _unflushed(read: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(read)
+    def consistent_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = _state(self)
+        for _ in range(READ_TRIES):
+            began = state.flushes
+            result = read(self, *args, **kwargs)
+            if state.flushes == began:  # no flush started while it ran: its segments and table go together
+                return result
+        with state.changed:
+            state.changed.wait_for(lambda: state.flushing == 0)
+            state.holding += 1
+        try:
+            return read(self, *args, **kwargs)
+        finally:
+            with state.changed:
+                state.holding -= 1
+                state.changed.notify_all()
+
+    return consistent_read
 
 
 def _matches(name: str, method: Any) -> bool:
@@ -145,4 +183,6 @@ def install() -> bool:
     Collection._refresh_segment_cache = _refresh_segment_cache(upstream_gc)
     Collection._read_snapshot = read_snapshot
     Collection._trigger_flush = _waited_for(Collection._trigger_flush)
+    for name in READS:
+        setattr(Collection, name, _unflushed(getattr(Collection, name)))
     return True
