@@ -49,7 +49,7 @@ from deeplens_stack import Stack, StackConfig
 from pymilvus import AsyncMilvusClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_throughput import cpu_seconds, dataset, rss_mb
+from ingest_throughput import dataset, quiet, rss_mb
 from server_metrics import breakdown, percentiles, scrape, timed
 from vector_scale import served, stable
 
@@ -165,22 +165,6 @@ async def settle(stack: Stack, rows: int = 0, quiet_s: float = 0) -> float:
     finally:
         await client.close()
     return time.perf_counter() - began
-
-
-def quiet(pid: int, quiet_s: float, busy: float = 0.05, step: float = 5.0, limit_s: float = 1800) -> tuple[float, bool]:
-    """Milvus Lite: waits until the engine's process has used under ``busy`` of a core for ``quiet_s`` seconds
-    in a row. After a bulk load it merges its small segments and builds each merged one's HNSW index in the
-    background, and searches read every segment not indexed yet by brute force meanwhile (seconds waited, and
-    whether it went quiet within ``limit_s``)."""
-    began = time.perf_counter()
-    still = 0.0
-    used = cpu_seconds(pid)
-    while still < quiet_s and time.perf_counter() - began < limit_s:
-        time.sleep(step)
-        now = cpu_seconds(pid)
-        still = still + step if (now - used) / step < busy else 0.0
-        used = now
-    return time.perf_counter() - began, still >= quiet_s
 
 
 def main() -> None:
@@ -308,7 +292,7 @@ def main() -> None:
                               f"{args.settle_s:.0f} s ({waited:.0f} s later):")  # fmt: skip
                         measure(ways)
                     elif args.sealed:
-                        waited, settled = quiet(milvus.pid, args.settle_s)
+                        waited, settled = quiet([milvus.pid], args.settle_s)
                         state = "over" if settled else "NOT over"
                         print(f"at {indexed:,} images, Milvus Lite's merges and index builds {state}: the engine "
                               f"under 5 % of a core for {args.settle_s:.0f} s ({waited:.0f} s later):")  # fmt: skip
