@@ -2,7 +2,8 @@
 
 - each collection's writes taken one at a time (:mod:`deeplens_stack.lite_writes`: without it, concurrent writers
   lose rows);
-- reads that do not wait for the background merges of segments (:mod:`deeplens_stack.lite_snapshots`);
+- reads that do not wait for the background merges of segments, and are read again when a flush overtakes them
+  (:mod:`deeplens_stack.lite_snapshots`);
 - the faster search mask of :mod:`deeplens_stack.lite_search`, and the copy-free brute-force search of
   :mod:`deeplens_stack.lite_brute_force` (the engine's results, each checked against the engine's own code);
 - background merges and graph builds on one core, leaving the other to searches
