@@ -23,7 +23,7 @@ def test_the_background_worker_asks_for_half_the_cores_and_still_builds_graphs(
     monkeypatch.setattr(Collection, "_bg_compact_and_index", Collection._bg_compact_and_index)  # undone after
     lite_background.install()
     lite_background.install()  # idempotent: wrapped once
-    assert not getattr(Collection._bg_compact_and_index.__wrapped__, "__deeplens_one_core__", False)
+    assert not getattr(Collection._bg_compact_and_index.__wrapped__, "__deeplens_background_threads__", False)
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(3)
     try:

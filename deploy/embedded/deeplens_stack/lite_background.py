@@ -19,7 +19,7 @@ from typing import Any
 BACKGROUND_THREADS = max(1, len(os.sched_getaffinity(0)) // 2)
 
 
-def _on_one_core(method: Callable[..., Any]) -> Callable[..., Any]:
+def _on_background_threads(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def background(self: Any, *args: Any, **kwargs: Any) -> Any:
         import faiss
@@ -27,7 +27,7 @@ def _on_one_core(method: Callable[..., Any]) -> Callable[..., Any]:
         faiss.omp_set_num_threads(BACKGROUND_THREADS)  # this thread's OpenMP setting only
         return method(self, *args, **kwargs)
 
-    background.__deeplens_one_core__ = True  # type: ignore[attr-defined]
+    background.__deeplens_background_threads__ = True  # type: ignore[attr-defined]
     return background
 
 
@@ -37,5 +37,5 @@ def install() -> None:
     from milvus_lite.engine.collection import Collection
 
     method = Collection._bg_compact_and_index
-    if not getattr(method, "__deeplens_one_core__", False):
-        Collection._bg_compact_and_index = _on_one_core(method)
+    if not getattr(method, "__deeplens_background_threads__", False):
+        Collection._bg_compact_and_index = _on_background_threads(method)

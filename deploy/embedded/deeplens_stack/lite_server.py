@@ -6,7 +6,7 @@
   (:mod:`deeplens_stack.lite_snapshots`);
 - the faster search mask of :mod:`deeplens_stack.lite_search`, and the copy-free brute-force search of
   :mod:`deeplens_stack.lite_brute_force` (the engine's results, each checked against the engine's own code);
-- background merges and graph builds on one core, leaving the other to searches
+- background merges and graph builds on half the cores, leaving the rest to searches
   (:mod:`deeplens_stack.lite_background`).
 """
 

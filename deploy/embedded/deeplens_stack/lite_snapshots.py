@@ -144,8 +144,7 @@ def _unflushed(read: Callable[..., Any]) -> Callable[..., Any]:
             result = read(self, *args, **kwargs)
             if state.flushes == began:  # no flush started while it ran: its segments and table go together
                 return result
-        with state.changed:
-            state.changed.wait_for(lambda: state.flushing == 0)
+        with state.changed:  # a flush already under way goes on; the read's snapshot waits for it
             state.holding += 1
         try:
             return read(self, *args, **kwargs)
